@@ -1,0 +1,8 @@
+//! SynapseDB's pure-Rust core: protocol logic and network services that never call into
+//! PostgreSQL. The `synapse` extension (`synapse_ext/src`) is a thin adapter over this
+//! crate, so everything here is tested with plain `cargo test`.
+
+pub mod health;
+pub mod mailbox;
+pub mod supervisor;
+pub mod thread;

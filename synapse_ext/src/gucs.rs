@@ -1,0 +1,155 @@
+//! Every `synapse.*` setting, in one place.
+//!
+//! Each GUC is a private static with a doc comment and an accessor. Accessors read
+//! PostgreSQL's copy of the setting, so they run on a process's main thread only (pgrx
+//! asserts it). Network threads get the values they need from the main thread, which
+//! republishes them after each configuration reload.
+
+use std::ffi::CString;
+
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use pgrx::pg_sys;
+
+/// `synapse.node_name`: this node's name in logs and reports; empty means `<host>:<port>`.
+static NODE_NAME: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+/// `synapse.database`: the database the synapse background workers connect to, and where
+/// `CREATE EXTENSION synapse` is expected.
+static DATABASE: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"postgres"));
+
+/// `synapse.listen_address`: the address the HTTP, RPC and gossip ports bind to.
+static LISTEN_ADDRESS: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"127.0.0.1"));
+
+/// `synapse.http_port`: HTTP port for `/health` (and later `/metrics`, `/cluster`); 0 turns
+/// the HTTP server off.
+static HTTP_PORT: GucSetting<i32> = GucSetting::<i32>::new(8080);
+
+/// `synapse.rpc_port`: the gRPC port for node-to-node traffic.
+static RPC_PORT: GucSetting<i32> = GucSetting::<i32>::new(8081);
+
+/// `synapse.gossip_port`: the UDP port for SWIM gossip.
+static GOSSIP_PORT: GucSetting<i32> = GucSetting::<i32>::new(8082);
+
+/// `synapse.health_timeout`: how long `GET /health` waits for the database, in ms.
+static HEALTH_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(2000);
+
+/// Registers every GUC and reserves the `synapse` prefix. Called once from `_PG_init`.
+pub fn init() {
+    GucRegistry::define_string_guc(
+        c"synapse.node_name",
+        c"Name of this node in logs, health reports and cluster views.",
+        c"Empty means <host name>:<port>.",
+        &NODE_NAME,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"synapse.database",
+        c"Database the synapse background workers connect to.",
+        c"CREATE EXTENSION synapse must be run in this database.",
+        &DATABASE,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"synapse.listen_address",
+        c"Address the synapse HTTP, RPC and gossip ports bind to.",
+        c"Use 0.0.0.0 to listen on every IPv4 interface.",
+        &LISTEN_ADDRESS,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    define_port(
+        c"synapse.http_port",
+        c"HTTP port for /health; 0 disables it.",
+        &HTTP_PORT,
+        0,
+    );
+    define_port(
+        c"synapse.rpc_port",
+        c"Port for node-to-node RPC (gRPC over mutual TLS).",
+        &RPC_PORT,
+        1,
+    );
+    define_port(
+        c"synapse.gossip_port",
+        c"UDP port for SWIM gossip.",
+        &GOSSIP_PORT,
+        1,
+    );
+    GucRegistry::define_int_guc(
+        c"synapse.health_timeout",
+        c"How long GET /health waits for the database to answer.",
+        c"A node whose database does not answer in time reports itself unavailable (HTTP 503).",
+        &HEALTH_TIMEOUT,
+        10,
+        60_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    // SAFETY: called from _PG_init on the postmaster's main thread with a static C string.
+    unsafe { pg_sys::MarkGUCPrefixReserved(c"synapse".as_ptr()) };
+}
+
+fn define_port(
+    name: &'static std::ffi::CStr,
+    desc: &'static std::ffi::CStr,
+    setting: &'static GucSetting<i32>,
+    min: i32,
+) {
+    GucRegistry::define_int_guc(
+        name,
+        desc,
+        c"",
+        setting,
+        min,
+        65535,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+}
+
+fn string_of(setting: &GucSetting<Option<CString>>) -> String {
+    setting
+        .get()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// This node's name: `synapse.node_name`, or `<host name>:<port>` when it is empty.
+pub fn node_name() -> String {
+    let name = string_of(&NODE_NAME);
+    if !name.is_empty() {
+        return name;
+    }
+    let mut host = [0u8; 256];
+    // SAFETY: gethostname writes at most host.len() bytes into our buffer.
+    let ok = unsafe { libc::gethostname(host.as_mut_ptr().cast(), host.len()) } == 0;
+    let host = if ok {
+        let end = host.iter().position(|&b| b == 0).unwrap_or(host.len());
+        String::from_utf8_lossy(&host[..end]).into_owned()
+    } else {
+        "localhost".to_owned()
+    };
+    // SAFETY: PostPortNumber is a plain int set by the postmaster before any worker starts.
+    let port = unsafe { pg_sys::PostPortNumber };
+    format!("{host}:{port}")
+}
+
+pub fn database() -> String {
+    string_of(&DATABASE)
+}
+
+pub fn listen_address() -> String {
+    string_of(&LISTEN_ADDRESS)
+}
+
+pub fn http_port() -> u16 {
+    HTTP_PORT.get() as u16
+}
+
+pub fn health_timeout_ms() -> u64 {
+    HEALTH_TIMEOUT.get() as u64
+}

@@ -1,0 +1,91 @@
+//! Shared memory: what every process of the node must see at once.
+//!
+//! For now, the registry of synapse background workers (which one runs, with which pid,
+//! since when), read by `synapse.workers()`. Later components add the membership view,
+//! circuit breakers and the metadata generation counter here. Everything is fixed-size and
+//! `#[repr(C)]`; fields are atomics, so readers never take a lock.
+
+use std::sync::atomic::{AtomicI32, AtomicI64, Ordering};
+
+use pgrx::prelude::*;
+use pgrx::{pg_shmem_init, PGRXSharedMemory, PgAtomic};
+
+/// The synapse background workers of a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkerKind {
+    /// Serves HTTP and supervises the node (the first worker; others join it later).
+    Supervisor,
+}
+
+impl WorkerKind {
+    pub const ALL: [WorkerKind; 1] = [WorkerKind::Supervisor];
+
+    /// The name shown as `backend_type` in `pg_stat_activity` and in `synapse.workers()`.
+    pub fn name(self) -> &'static str {
+        match self {
+            WorkerKind::Supervisor => "synapse supervisor",
+        }
+    }
+
+    fn slot(self) -> usize {
+        self as usize
+    }
+}
+
+/// One worker's registration: pid 0 when it is not running.
+#[repr(C)]
+#[derive(Default)]
+pub struct WorkerSlot {
+    pid: AtomicI32,
+    /// `TimestampTz` of its start.
+    started_at: AtomicI64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+pub struct NodeShared {
+    workers: [WorkerSlot; WorkerKind::ALL.len()],
+}
+
+// SAFETY: NodeShared is #[repr(C)], fixed-size, and holds only atomics (no pointers), so it
+// can live in shared memory and be used from every process.
+unsafe impl PGRXSharedMemory for NodeShared {}
+
+// SAFETY: the name is unique to this extension.
+static NODE: PgAtomic<NodeShared> = unsafe { PgAtomic::new(c"synapse node state") };
+
+/// Requests and initialises the shared memory. Called once from `_PG_init`.
+pub fn init() {
+    pg_shmem_init!(NODE);
+}
+
+/// Records that the calling process is the running `kind` worker.
+pub fn register_worker(kind: WorkerKind) {
+    let slot = &NODE.get().workers[kind.slot()];
+    // SAFETY: plain reads of process globals on the main thread.
+    let (pid, now) = unsafe { (pg_sys::MyProcPid, pg_sys::GetCurrentTimestamp()) };
+    slot.started_at.store(now, Ordering::Relaxed);
+    slot.pid.store(pid, Ordering::Release);
+}
+
+/// Clears the registration of `kind` when the calling process holds it.
+pub fn unregister_worker(kind: WorkerKind) {
+    let slot = &NODE.get().workers[kind.slot()];
+    // SAFETY: plain read of a process global.
+    let me = unsafe { pg_sys::MyProcPid };
+    let _ = slot
+        .pid
+        .compare_exchange(me, 0, Ordering::AcqRel, Ordering::Relaxed);
+}
+
+/// The running workers: kind, pid and start time.
+pub fn running_workers() -> Vec<(WorkerKind, i32, i64)> {
+    WorkerKind::ALL
+        .into_iter()
+        .filter_map(|kind| {
+            let slot = &NODE.get().workers[kind.slot()];
+            let pid = slot.pid.load(Ordering::Acquire);
+            (pid != 0).then(|| (kind, pid, slot.started_at.load(Ordering::Relaxed)))
+        })
+        .collect()
+}
