@@ -79,7 +79,7 @@ mod tests {
         );
     }
 
-    #[pg_test(error = "invalid value for parameter \"synapse.nonexistent\": \"1\"")]
+    #[pg_test(error = "invalid configuration parameter name \"synapse.nonexistent\"")]
     fn the_synapse_prefix_is_reserved() {
         Spi::run("SET synapse.nonexistent = 1").unwrap();
     }

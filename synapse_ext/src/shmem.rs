@@ -59,18 +59,27 @@ pub fn init() {
     pg_shmem_init!(NODE);
 }
 
-/// Records that the calling process is the running `kind` worker.
+/// Records that the calling process is the running `kind` worker, until it exits.
 pub fn register_worker(kind: WorkerKind) {
     let slot = &NODE.get().workers[kind.slot()];
     // SAFETY: plain reads of process globals on the main thread.
     let (pid, now) = unsafe { (pg_sys::MyProcPid, pg_sys::GetCurrentTimestamp()) };
     slot.started_at.store(now, Ordering::Relaxed);
     slot.pid.store(pid, Ordering::Release);
+    // SAFETY: registers a callback PostgreSQL runs on every exit path of this process.
+    unsafe {
+        pg_sys::before_shmem_exit(Some(unregister_on_exit), pg_sys::Datum::from(kind.slot()))
+    };
 }
 
-/// Clears the registration of `kind` when the calling process holds it.
-pub fn unregister_worker(kind: WorkerKind) {
-    let slot = &NODE.get().workers[kind.slot()];
+#[pg_guard]
+unsafe extern "C-unwind" fn unregister_on_exit(_code: std::ffi::c_int, slot: pg_sys::Datum) {
+    unregister_slot(slot.value());
+}
+
+/// Clears registration `slot` when the calling process holds it.
+fn unregister_slot(slot: usize) {
+    let slot = &NODE.get().workers[slot];
     // SAFETY: plain read of a process global.
     let me = unsafe { pg_sys::MyProcPid };
     let _ = slot

@@ -2,5 +2,6 @@
 //! latches and descriptors, and running work in a transaction that survives errors.
 //! Everything here runs on a process's main thread.
 
+pub mod signals;
 pub mod wait;
 pub mod xact;

@@ -7,13 +7,14 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
+use pgrx::bgworkers::BackgroundWorker;
 use pgrx::prelude::*;
 use synapse_core::health::{DatabaseCheck, NodeSettings};
 use synapse_core::mailbox::{mailbox, Envelope};
 use synapse_core::supervisor::{LogLevel, MainReply, MainRequest, SupervisorNet};
 
 use crate::gucs;
+use crate::pg::signals;
 use crate::pg::wait::WaitSet;
 use crate::pg::xact::in_transaction;
 use crate::shmem::{self, WorkerKind};
@@ -28,7 +29,7 @@ const NET_STOP_DEADLINE: Duration = Duration::from_millis(500);
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn synapse_supervisor_main(_arg: pg_sys::Datum) {
-    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    signals::install();
     BackgroundWorker::connect_worker_to_spi(Some(&gucs::database()), None);
     shmem::register_worker(WorkerKind::Supervisor);
 
@@ -45,26 +46,21 @@ pub extern "C-unwind" fn synapse_supervisor_main(_arg: pg_sys::Datum) {
 
     let mut waits = WaitSet::new(1);
     waits.add_readable(inbox.wake_fd());
-    loop {
-        waits.wait(None);
-        if BackgroundWorker::sigterm_received() {
-            break;
-        }
-        if BackgroundWorker::sighup_received() {
-            // SAFETY: main thread, outside any transaction: the standard reload point.
-            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+    while !signals::shutdown_pending() {
+        if signals::take_reload_request() {
+            signals::reload_config();
             net.publish(settings());
         }
         inbox.drain(handle);
+        waits.wait(None);
     }
 
     if !net.stop(NET_STOP_DEADLINE) {
         warning!("synapse supervisor: network thread did not stop within {NET_STOP_DEADLINE:?}");
     }
-    shmem::unregister_worker(WorkerKind::Supervisor);
-    // Exit code 1: the postmaster restarts us unless the whole server is shutting down.
-    // SAFETY: ends this worker process from its main thread.
-    unsafe { pg_sys::proc_exit(1) };
+    // Ends the process with PostgreSQL's usual FATAL "terminating background worker";
+    // exit code 1 makes the postmaster restart us unless the server is shutting down.
+    signals::exit_if_shutdown_pending();
 }
 
 fn handle(envelope: Envelope<MainRequest, MainReply>) {
@@ -84,6 +80,12 @@ fn handle(envelope: Envelope<MainRequest, MainReply>) {
 }
 
 fn check_database() -> Result<DatabaseCheck, String> {
+    // Never wait behind a lock longer than the caller waits for us.
+    Spi::run(&format!(
+        "SET LOCAL lock_timeout = {}",
+        gucs::health_timeout_ms()
+    ))
+    .map_err(|e| e.to_string())?;
     let (postgres_version, extension_version) = Spi::get_two::<String, String>(
         "SELECT current_setting('server_version'), \
                 (SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'synapse')",
