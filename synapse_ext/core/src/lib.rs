@@ -4,5 +4,6 @@
 
 pub mod health;
 pub mod mailbox;
+pub mod raft;
 pub mod supervisor;
 pub mod thread;
