@@ -2,4 +2,8 @@
 //! state kept by every node. Everything here is pure Rust; the raft worker runs it on its
 //! network thread and applies committed commands to the catalog on its main thread.
 
+pub mod catalog;
 pub mod log_file;
+pub mod log_store;
+pub mod state_machine;
+pub mod types;

@@ -1,0 +1,273 @@
+//! The cluster catalog as a pure, deterministic state machine.
+//!
+//! [`Catalog::apply`] decides what a committed [`Command`] does — the result for the
+//! proposer and the row changes — from the catalog alone. The raft worker's main thread
+//! writes those changes to the `synapse` catalog tables, in the same transaction as the
+//! applied log id, so the tables always equal this model at that log id.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::types::{Command, CommandResult, NodeAddr, NodeId, Role};
+
+/// The cluster's identity.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    pub cluster_id: String,
+    pub name: String,
+    pub created_at_unix_ms: i64,
+}
+
+/// A member node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub id: NodeId,
+    pub addr: NodeAddr,
+    pub role: Role,
+    pub joined_at_unix_ms: i64,
+}
+
+/// A cluster setting; `version` is the log index that last wrote it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettingRecord {
+    pub name: String,
+    pub value: String,
+    pub version: u64,
+    pub updated_at_unix_ms: i64,
+}
+
+/// One row change, as the catalog tables must see it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CatalogChange {
+    SetCluster(ClusterInfo),
+    UpsertNode(NodeRecord),
+    DeleteNode(NodeId),
+    UpsertSetting(SettingRecord),
+}
+
+/// The whole catalog; also the content of a snapshot.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Catalog {
+    pub cluster: Option<ClusterInfo>,
+    pub nodes: BTreeMap<NodeId, NodeRecord>,
+    pub settings: BTreeMap<String, SettingRecord>,
+}
+
+impl Catalog {
+    /// Applies the command committed at log `index`; returns the proposer's result and the
+    /// row changes (empty when the command was refused).
+    pub fn apply(&mut self, index: u64, command: &Command) -> (CommandResult, Vec<CatalogChange>) {
+        match command {
+            Command::InitCluster {
+                cluster_id,
+                name,
+                at_unix_ms,
+            } => {
+                if let Some(existing) = &self.cluster {
+                    return refused(format!(
+                        "the cluster is already initialized as \"{}\"",
+                        existing.name
+                    ));
+                }
+                let info = ClusterInfo {
+                    cluster_id: cluster_id.clone(),
+                    name: name.clone(),
+                    created_at_unix_ms: *at_unix_ms,
+                };
+                self.cluster = Some(info.clone());
+                (CommandResult::Done, vec![CatalogChange::SetCluster(info)])
+            }
+            Command::UpsertNode {
+                id,
+                addr,
+                role,
+                at_unix_ms,
+            } => {
+                if let Some(other) = self
+                    .nodes
+                    .values()
+                    .find(|n| n.id != *id && n.addr.name == addr.name)
+                {
+                    return refused(format!(
+                        "node name \"{}\" is already used by node {}",
+                        addr.name, other.id
+                    ));
+                }
+                if let Some(other) = self.nodes.values().find(|n| {
+                    n.id != *id && n.addr.host == addr.host && n.addr.pg_port == addr.pg_port
+                }) {
+                    return refused(format!(
+                        "{}:{} is already node {} (\"{}\")",
+                        addr.host, addr.pg_port, other.id, other.addr.name
+                    ));
+                }
+                let joined_at_unix_ms = self
+                    .nodes
+                    .get(id)
+                    .map_or(*at_unix_ms, |n| n.joined_at_unix_ms);
+                let record = NodeRecord {
+                    id: *id,
+                    addr: addr.clone(),
+                    role: *role,
+                    joined_at_unix_ms,
+                };
+                self.nodes.insert(*id, record.clone());
+                (CommandResult::Done, vec![CatalogChange::UpsertNode(record)])
+            }
+            Command::RemoveNode { id } => {
+                if self.nodes.remove(id).is_none() {
+                    return refused(format!("node {id} is not a member"));
+                }
+                (CommandResult::Done, vec![CatalogChange::DeleteNode(*id)])
+            }
+            Command::SetSetting {
+                name,
+                value,
+                at_unix_ms,
+            } => {
+                let record = self.set(name, value, index, *at_unix_ms);
+                (
+                    CommandResult::Done,
+                    vec![CatalogChange::UpsertSetting(record)],
+                )
+            }
+            Command::CompareAndSetSetting {
+                name,
+                expected,
+                value,
+                at_unix_ms,
+            } => {
+                let current = self.settings.get(name).map(|s| s.value.clone());
+                if current != *expected {
+                    return (
+                        CommandResult::CompareAndSet {
+                            applied: false,
+                            current,
+                        },
+                        vec![],
+                    );
+                }
+                let record = self.set(name, value, index, *at_unix_ms);
+                (
+                    CommandResult::CompareAndSet {
+                        applied: true,
+                        current: Some(value.clone()),
+                    },
+                    vec![CatalogChange::UpsertSetting(record)],
+                )
+            }
+        }
+    }
+
+    fn set(&mut self, name: &str, value: &str, index: u64, at_unix_ms: i64) -> SettingRecord {
+        let record = SettingRecord {
+            name: name.to_owned(),
+            value: value.to_owned(),
+            version: index,
+            updated_at_unix_ms: at_unix_ms,
+        };
+        self.settings.insert(name.to_owned(), record.clone());
+        record
+    }
+}
+
+fn refused(message: String) -> (CommandResult, Vec<CatalogChange>) {
+    (CommandResult::Refused(message), vec![])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(name: &str, port: u16) -> NodeAddr {
+        NodeAddr {
+            name: name.into(),
+            host: "127.0.0.1".into(),
+            pg_port: port,
+            rpc_port: port + 2,
+        }
+    }
+
+    #[test]
+    fn compare_and_set_applies_only_on_the_expected_value() {
+        let mut c = Catalog::default();
+        let cas = |expected: Option<&str>, value: &str| Command::CompareAndSetSetting {
+            name: "k".into(),
+            expected: expected.map(str::to_owned),
+            value: value.into(),
+            at_unix_ms: 0,
+        };
+        assert_eq!(
+            c.apply(1, &cas(None, "a")).0,
+            CommandResult::CompareAndSet {
+                applied: true,
+                current: Some("a".into())
+            }
+        );
+        let (result, changes) = c.apply(2, &cas(None, "b"));
+        assert_eq!(
+            result,
+            CommandResult::CompareAndSet {
+                applied: false,
+                current: Some("a".into())
+            }
+        );
+        assert!(changes.is_empty());
+        assert_eq!(
+            c.apply(3, &cas(Some("a"), "c")).0,
+            CommandResult::CompareAndSet {
+                applied: true,
+                current: Some("c".into())
+            }
+        );
+        assert_eq!(c.settings["k"].version, 3);
+    }
+
+    #[test]
+    fn duplicate_names_and_addresses_are_refused() {
+        let mut c = Catalog::default();
+        let up = |id, a| Command::UpsertNode {
+            id,
+            addr: a,
+            role: Role::Voter,
+            at_unix_ms: 5,
+        };
+        assert_eq!(c.apply(1, &up(1, addr("n1", 6410))).0, CommandResult::Done);
+        assert!(
+            matches!(c.apply(2, &up(2, addr("n1", 6420))).0, CommandResult::Refused(m) if m.contains("already used"))
+        );
+        assert!(
+            matches!(c.apply(3, &up(2, addr("n2", 6410))).0, CommandResult::Refused(m) if m.contains("already node 1"))
+        );
+        // Re-upserting a node keeps its join time.
+        let (_, changes) = c.apply(
+            4,
+            &Command::UpsertNode {
+                id: 1,
+                addr: addr("n1", 6410),
+                role: Role::Learner,
+                at_unix_ms: 9,
+            },
+        );
+        assert!(
+            matches!(&changes[..], [CatalogChange::UpsertNode(n)] if n.joined_at_unix_ms == 5 && n.role == Role::Learner)
+        );
+        assert!(matches!(
+            c.apply(5, &Command::RemoveNode { id: 7 }).0,
+            CommandResult::Refused(_)
+        ));
+    }
+
+    #[test]
+    fn a_cluster_is_initialized_once() {
+        let mut c = Catalog::default();
+        let init = Command::InitCluster {
+            cluster_id: "x".into(),
+            name: "a".into(),
+            at_unix_ms: 0,
+        };
+        assert_eq!(c.apply(1, &init).0, CommandResult::Done);
+        assert!(matches!(c.apply(2, &init).0, CommandResult::Refused(_)));
+    }
+}

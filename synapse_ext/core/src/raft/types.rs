@@ -1,0 +1,102 @@
+//! The replicated commands and openraft's type configuration.
+//!
+//! A [`Command`] is one change to the cluster catalog; every node applies the same
+//! commands in the same order, so every node's catalog is the same function of the log.
+//! Commands therefore carry every value they need (ids, timestamps) — applying one never
+//! consults a clock or a random source.
+
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+
+/// Node ids are small integers assigned by the leader when a node joins.
+pub type NodeId = u64;
+
+/// Where a node is reached: its PostgreSQL and RPC endpoints.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeAddr {
+    pub name: String,
+    pub host: String,
+    pub pg_port: u16,
+    pub rpc_port: u16,
+}
+
+impl NodeAddr {
+    /// `host:rpc_port`, the address other nodes' Raft traffic goes to.
+    pub fn rpc_endpoint(&self) -> String {
+        format!("{}:{}", self.host, self.rpc_port)
+    }
+}
+
+/// A voter takes part in elections and quorums; a learner only receives the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    Voter,
+    Learner,
+}
+
+/// One change to the cluster catalog.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// The first entry of a cluster: its identity.
+    InitCluster {
+        cluster_id: String,
+        name: String,
+        at_unix_ms: i64,
+    },
+    /// A node joined (or changed its role or address).
+    UpsertNode {
+        id: NodeId,
+        addr: NodeAddr,
+        role: Role,
+        at_unix_ms: i64,
+    },
+    /// A node left the cluster.
+    RemoveNode { id: NodeId },
+    /// Sets a cluster setting unconditionally.
+    SetSetting {
+        name: String,
+        value: String,
+        at_unix_ms: i64,
+    },
+    /// Sets a cluster setting only if its current value is `expected` (`None`: unset).
+    CompareAndSetSetting {
+        name: String,
+        expected: Option<String>,
+        value: String,
+        at_unix_ms: i64,
+    },
+}
+
+/// What applying a command produced, returned to the proposer.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandResult {
+    /// Applied (also the result of Raft's own blank and membership entries).
+    #[default]
+    Done,
+    /// A compare-and-set: whether it applied, and the value it found.
+    CompareAndSet {
+        applied: bool,
+        current: Option<String>,
+    },
+    /// The command was valid Raft-wise but refused by the catalog (e.g. a duplicate name);
+    /// the message is for the user.
+    Refused(String),
+}
+
+openraft::declare_raft_types!(
+    /// openraft's type configuration for the metadata log.
+    pub TypeConfig:
+        D = Command,
+        R = CommandResult,
+        NodeId = NodeId,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+pub type Entry = openraft::Entry<TypeConfig>;
+pub type LogId = openraft::LogId<NodeId>;
+pub type Vote = openraft::Vote<NodeId>;
+pub type StorageError = openraft::StorageError<NodeId>;
