@@ -5,5 +5,6 @@
 pub mod health;
 pub mod mailbox;
 pub mod raft;
+pub mod rpc;
 pub mod supervisor;
 pub mod thread;

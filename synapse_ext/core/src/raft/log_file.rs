@@ -246,10 +246,7 @@ impl LogFile {
 
     /// Rewrites the file with only the live records, atomically.
     fn compact(&mut self) -> Result<(), LogFileError> {
-        let (first, last) = match self.bounds() {
-            Some(b) => b,
-            None => (1, 0),
-        };
+        let (first, last) = self.bounds().unwrap_or((1, 0));
         let live = self.read(first, last)?;
         let tmp = self.path.with_extension("compact");
         {

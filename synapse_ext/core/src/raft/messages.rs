@@ -1,0 +1,138 @@
+//! Requests and answers around the Raft node: from the node's own backends (over its local
+//! socket) and between nodes (the `Cluster.Call` RPC).
+
+use serde::{Deserialize, Serialize};
+
+use super::types::{Command, CommandResult, NodeAddr, NodeId};
+
+/// What a backend of this node asks its raft worker.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum LocalRequest {
+    /// Bootstrap a one-node cluster here.
+    InitCluster { name: String },
+    /// Admit the PostgreSQL server at host:port.
+    AddNode { host: String, port: u16 },
+    /// Remove a node, named by id or name.
+    RemoveNode { node: String },
+    /// Replicate a command; answers once it is applied on this node.
+    Propose(Command),
+    /// Linearizable read barrier: answers once this node has applied everything committed
+    /// before the request arrived.
+    ReadBarrier,
+    /// This node's Raft status.
+    Status,
+    /// Make `node` (id or name) the leader.
+    TransferLeadership { node: String },
+}
+
+/// SQLSTATE-like classes of failures, mapped to PostgreSQL error codes by the adapter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorKind {
+    /// The request itself is wrong (unknown node, bad name...).
+    InvalidRequest,
+    /// The cluster is not in a state that allows it (not initialized, already member...).
+    WrongState,
+    /// No quorum or leader within the deadline.
+    Unavailable,
+    /// A peer could not be reached or answered badly.
+    Connection,
+    /// A bug or storage failure.
+    Internal,
+}
+
+/// A failure with a message for the user and an optional hint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct NodeError {
+    pub kind: ErrorKind,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl NodeError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        NodeError {
+            kind,
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    pub fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+}
+
+/// One row of `synapse.raft_status()`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaftStatus {
+    pub node_id: Option<NodeId>,
+    pub term: u64,
+    pub role: String,
+    pub leader_id: Option<NodeId>,
+    pub commit_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    pub last_log_index: Option<u64>,
+    pub lease_remaining_ms: Option<u64>,
+}
+
+/// Answers to [`LocalRequest`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum LocalReply {
+    NodeId(NodeId),
+    Applied(CommandResult),
+    Status(RaftStatus),
+    Done,
+    Failed(NodeError),
+}
+
+/// Node-to-node requests (`Cluster.Call`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum PeerRequest {
+    /// To the leader: replicate this command.
+    Propose(Command),
+    /// To the leader: confirm leadership and return the index reads must wait for.
+    ReadIndex,
+    /// To the leader: admit host:port.
+    AddNode { host: String, port: u16 },
+    /// To the leader: remove a node.
+    RemoveNode { node: String },
+    /// To the leader: hand leadership to `node`.
+    TransferLeadership { node: String },
+    /// From the leader to a joining node: this is your id in cluster `cluster_id`.
+    Join { node_id: NodeId, cluster_id: String },
+    /// From the leader to anyone: describe yourself (used before admitting a node).
+    Describe,
+    /// From the leader to the target of a leadership transfer: start an election now.
+    Elect,
+}
+
+/// What a node says about itself in answer to [`PeerRequest::Describe`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeDescription {
+    pub addr: NodeAddr,
+    /// The node id, when the node already belongs to a cluster.
+    pub node_id: Option<NodeId>,
+    pub cluster_id: Option<String>,
+}
+
+/// Answers to [`PeerRequest`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum PeerReply {
+    Applied {
+        index: u64,
+        result: CommandResult,
+    },
+    ReadIndex(u64),
+    NodeId(NodeId),
+    Description(NodeDescription),
+    Done,
+    /// Not the leader; the leader's id and RPC address when known.
+    NotLeader {
+        leader: Option<(NodeId, String)>,
+    },
+    /// The request did not reach the node (made up by the caller, never sent).
+    Unreachable(String),
+    Failed(NodeError),
+}

@@ -1,0 +1,735 @@
+//! A node's Raft runtime: the openraft instance, its gRPC services, forwarding to the
+//! leader, and the answers to the node's own backends.
+//!
+//! A node starts without Raft until it either bootstraps a cluster (`InitCluster`) or is
+//! told its id by a leader admitting it (`Join`); the identity is then kept in
+//! `identity.json` and Raft starts from the durable log at every later start.
+//!
+//! Proposals from any node go to the leader; the caller is answered only once the command
+//! is applied on the caller's own node (read-your-writes). Reads use a read index from the
+//! leader, confirmed by a quorum, and wait until the local catalog has caught up to it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::{BasicNode, ChangeMembers, Config, Raft, ServerState, SnapshotPolicy};
+use serde::{Deserialize, Serialize};
+use tokio::sync::OnceCell;
+
+use super::log_store::{write_json_atomic, FileLogStore};
+use super::messages::{
+    ErrorKind, LocalReply, LocalRequest, NodeError, PeerReply, PeerRequest, RaftStatus,
+};
+use super::network::{channel, Network};
+use super::state_machine::{CatalogSink, CatalogState, CatalogStateMachine};
+use super::types::{Command, CommandResult, NodeAddr, NodeId, Role, TypeConfig};
+use crate::rpc::pb::cluster_client::ClusterClient;
+use crate::rpc::{from_json, to_json};
+
+/// Settings of a node's Raft runtime (from the `synapse.*` GUCs).
+#[derive(Clone, Debug)]
+pub struct RaftSettings {
+    /// `$PGDATA/synapse/raft`: log, vote, snapshot, identity.
+    pub dir: PathBuf,
+    /// Where the gRPC server listens.
+    pub listen: SocketAddr,
+    /// How other nodes reach this one.
+    pub addr: NodeAddr,
+    pub election_timeout_min: Duration,
+    pub election_timeout_max: Duration,
+    pub heartbeat_interval: Duration,
+    pub leadership_lease: Duration,
+    /// How long a proposal or read may wait for a quorum.
+    pub raft_timeout: Duration,
+    pub max_voters: usize,
+    /// Build a snapshot (and compact the log) after this many entries.
+    pub snapshot_after_entries: u64,
+}
+
+/// Which cluster this node belongs to, and as which node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    pub node_id: NodeId,
+    pub cluster_id: String,
+}
+
+/// Admits a PostgreSQL server into the cluster: asks it (over SQL) for its name and ports.
+/// Provided by the adapter, which knows how to reach PostgreSQL servers.
+pub trait NodeProbe: Send + Sync + 'static {
+    fn describe(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> impl std::future::Future<Output = Result<super::messages::NodeDescription, NodeError>> + Send;
+}
+
+struct Running<S> {
+    id: NodeId,
+    raft: Raft<TypeConfig>,
+    sm: CatalogStateMachine<S>,
+    log: FileLogStore,
+}
+
+/// A node's Raft runtime. Cheap to clone.
+pub struct RaftNode<S, P> {
+    shared: Arc<Shared<S, P>>,
+}
+
+impl<S, P> Clone for RaftNode<S, P> {
+    fn clone(&self) -> Self {
+        RaftNode {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+struct Shared<S, P> {
+    settings: RaftSettings,
+    probe: P,
+    /// The sink and the catalog state it holds, until Raft starts with them.
+    pending: Mutex<Option<(S, CatalogState)>>,
+    running: OnceCell<Running<S>>,
+    /// Serialises membership changes started on this node.
+    membership: tokio::sync::Mutex<()>,
+}
+
+fn failed(kind: ErrorKind, message: impl Into<String>) -> NodeError {
+    NodeError::new(kind, message)
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn random_id() -> String {
+    let mut bytes = [0u8; 16];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = io::Read::read_exact(&mut f, &mut bytes);
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
+    /// Creates the runtime; starts Raft at once when this node already has an identity.
+    pub async fn open(
+        settings: RaftSettings,
+        sink: S,
+        state: CatalogState,
+        probe: P,
+    ) -> io::Result<Self> {
+        std::fs::create_dir_all(&settings.dir)?;
+        let node = RaftNode {
+            shared: Arc::new(Shared {
+                settings,
+                probe,
+                pending: Mutex::new(Some((sink, state))),
+                running: OnceCell::new(),
+                membership: tokio::sync::Mutex::new(()),
+            }),
+        };
+        if let Some(identity) = node.identity()? {
+            node.start_raft(identity.node_id).await?;
+        }
+        Ok(node)
+    }
+
+    fn identity_path(&self) -> PathBuf {
+        self.shared.settings.dir.join("identity.json")
+    }
+
+    /// This node's identity, if it belongs to a cluster.
+    pub fn identity(&self) -> io::Result<Option<Identity>> {
+        match std::fs::read(self.identity_path()) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(io::Error::other),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn start_raft(&self, id: NodeId) -> io::Result<&Running<S>> {
+        let s = &self.shared.settings;
+        let (sink, state) = self
+            .shared
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .ok_or_else(|| io::Error::other("raft already started"))?;
+        let config = Config {
+            cluster_name: "synapse".into(),
+            election_timeout_min: s.election_timeout_min.as_millis() as u64,
+            election_timeout_max: s.election_timeout_max.as_millis() as u64,
+            heartbeat_interval: s.heartbeat_interval.as_millis() as u64,
+            install_snapshot_timeout: 10_000,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(s.snapshot_after_entries),
+            max_in_snapshot_log_to_keep: 100,
+            snapshot_max_chunk_size: 512 * 1024,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(io::Error::other)?;
+        let log = FileLogStore::open(s.dir.join("log"))?;
+        let sm = CatalogStateMachine::open(s.dir.join("snapshot"), state, sink)?;
+        let raft = Raft::new(id, Arc::new(config), Network, log.clone(), sm.clone())
+            .await
+            .map_err(io::Error::other)?;
+        let _ = self.shared.running.set(Running { id, raft, sm, log });
+        Ok(self.shared.running.get().expect("just set"))
+    }
+
+    fn running(&self) -> Result<&Running<S>, NodeError> {
+        self.shared.running.get().ok_or_else(|| {
+            failed(ErrorKind::WrongState, "this node is not a member of a cluster")
+                .hint("Run SELECT synapse.init_cluster() on this node, or synapse.add_node() for it on a member.")
+        })
+    }
+
+    /// The Raft handle, once started (for the gRPC service).
+    pub fn raft(&self) -> Option<Raft<TypeConfig>> {
+        self.shared.running.get().map(|r| r.raft.clone())
+    }
+
+    /// The current catalog of this node.
+    pub fn catalog_state(&self) -> Option<CatalogState> {
+        self.shared.running.get().map(|r| r.sm.state())
+    }
+
+    /// Answers a request from one of this node's backends.
+    pub async fn handle_local(&self, request: LocalRequest) -> LocalReply {
+        let timeout = self.shared.settings.raft_timeout;
+        let work = async {
+            match request {
+                LocalRequest::InitCluster { name } => {
+                    self.init_cluster(name).await.map(LocalReply::NodeId)
+                }
+                LocalRequest::Propose(command) => self
+                    .propose_and_wait(command)
+                    .await
+                    .map(LocalReply::Applied),
+                LocalRequest::ReadBarrier => self.read_barrier().await.map(|()| LocalReply::Done),
+                LocalRequest::Status => Ok(LocalReply::Status(self.status())),
+                LocalRequest::AddNode { host, port } => self
+                    .on_leader(PeerRequest::AddNode { host, port })
+                    .await
+                    .and_then(|reply| match reply {
+                        PeerReply::NodeId(id) => Ok(LocalReply::NodeId(id)),
+                        other => Err(unexpected(other)),
+                    }),
+                LocalRequest::RemoveNode { node } => self
+                    .on_leader(PeerRequest::RemoveNode { node })
+                    .await
+                    .map(|_| LocalReply::Done),
+                LocalRequest::TransferLeadership { node } => self
+                    .on_leader(PeerRequest::TransferLeadership { node })
+                    .await
+                    .map(|_| LocalReply::Done),
+            }
+        };
+        match tokio::time::timeout(timeout, work).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(e)) => LocalReply::Failed(e),
+            Err(_) => LocalReply::Failed(
+                failed(ErrorKind::Unavailable, format!("no Raft quorum answered within {} ms", timeout.as_millis()))
+                    .hint("Check that a majority of the voting nodes is up (SELECT * FROM synapse.raft_status()); the change may still be applied later."),
+            ),
+        }
+    }
+
+    async fn init_cluster(&self, name: String) -> Result<NodeId, NodeError> {
+        if let Some(identity) = self.identity().map_err(internal)? {
+            return Err(failed(
+                ErrorKind::WrongState,
+                format!(
+                    "this node is already node {} of a cluster",
+                    identity.node_id
+                ),
+            ));
+        }
+        let identity = Identity {
+            node_id: 1,
+            cluster_id: random_id(),
+        };
+        write_json_atomic(&self.identity_path(), &identity).map_err(internal)?;
+        let running = self.start_raft(identity.node_id).await.map_err(internal)?;
+        let me = BasicNode::new(self.shared.settings.addr.rpc_endpoint());
+        running
+            .raft
+            .initialize(BTreeMap::from([(identity.node_id, me)]))
+            .await
+            .map_err(raft_error)?;
+        running
+            .raft
+            .wait(Some(self.shared.settings.raft_timeout))
+            .state(ServerState::Leader, "become leader of the new cluster")
+            .await
+            .map_err(|e| failed(ErrorKind::Unavailable, e.to_string()))?;
+        let at_unix_ms = now_ms();
+        self.propose_and_wait(Command::InitCluster {
+            cluster_id: identity.cluster_id.clone(),
+            name,
+            at_unix_ms,
+        })
+        .await?;
+        self.propose_and_wait(Command::UpsertNode {
+            id: identity.node_id,
+            addr: self.shared.settings.addr.clone(),
+            role: Role::Voter,
+            at_unix_ms,
+        })
+        .await?;
+        Ok(identity.node_id)
+    }
+
+    /// Proposes on the leader (forwarding when needed), then waits until this node applied it.
+    async fn propose_and_wait(&self, command: Command) -> Result<CommandResult, NodeError> {
+        match self.on_leader(PeerRequest::Propose(command)).await? {
+            PeerReply::Applied { index, result } => {
+                self.wait_applied(index).await?;
+                match result {
+                    CommandResult::Refused(message) => {
+                        Err(failed(ErrorKind::InvalidRequest, message))
+                    }
+                    other => Ok(other),
+                }
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn wait_applied(&self, index: u64) -> Result<(), NodeError> {
+        let running = self.running()?;
+        running
+            .raft
+            .wait(Some(self.shared.settings.raft_timeout))
+            .applied_index_at_least(Some(index), "apply locally")
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                failed(
+                    ErrorKind::Unavailable,
+                    format!("this node did not catch up: {e}"),
+                )
+            })
+    }
+
+    async fn read_barrier(&self) -> Result<(), NodeError> {
+        match self.on_leader(PeerRequest::ReadIndex).await? {
+            PeerReply::ReadIndex(index) => self.wait_applied(index).await,
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Runs `request` on the leader: here when this node leads, else over RPC. Retries
+    /// while leadership moves or the leader is unreachable; the caller bounds the time.
+    async fn on_leader(&self, request: PeerRequest) -> Result<PeerReply, NodeError> {
+        let settings = &self.shared.settings;
+        loop {
+            let running = self.running()?;
+            let leader = running.raft.current_leader().await;
+            let reply = match leader {
+                Some(leader) if leader == running.id => self.handle_peer(request.clone()).await,
+                Some(leader) => match leader_addr(&running.raft, leader) {
+                    Some(addr) => call_peer(&addr, &request).await,
+                    None => {
+                        PeerReply::Unreachable(format!("the address of leader {leader} is unknown"))
+                    }
+                },
+                None => PeerReply::Unreachable("no leader is known".into()),
+            };
+            match reply {
+                PeerReply::NotLeader { .. } | PeerReply::Unreachable(_) => {
+                    // Wait for the next heartbeat or election before trying again.
+                    let _ = running
+                        .raft
+                        .wait(Some(settings.election_timeout_max))
+                        .metrics(
+                            |m| m.current_leader.is_some() && m.current_leader != leader,
+                            "a new leader",
+                        )
+                        .await;
+                    tokio::time::sleep(settings.heartbeat_interval / 2).await;
+                }
+                PeerReply::Failed(e) => return Err(e),
+                other => return Ok(other),
+            }
+        }
+    }
+
+    /// Answers a request from another node (or from `on_leader` on the leader itself).
+    pub async fn handle_peer(&self, request: PeerRequest) -> PeerReply {
+        let result = match request {
+            PeerRequest::Join {
+                node_id,
+                cluster_id,
+            } => self.join(node_id, cluster_id).await,
+            PeerRequest::Describe => Err(failed(
+                ErrorKind::InvalidRequest,
+                "describe is answered over SQL",
+            )),
+            PeerRequest::Elect => match self.running() {
+                Ok(r) => r
+                    .raft
+                    .trigger()
+                    .elect()
+                    .await
+                    .map(|()| PeerReply::Done)
+                    .map_err(internal),
+                Err(e) => Err(e),
+            },
+            leader_only => match self.running() {
+                Err(e) => Err(e),
+                Ok(running) => {
+                    if running.raft.current_leader().await != Some(running.id) {
+                        let leader = running.raft.current_leader().await;
+                        return PeerReply::NotLeader {
+                            leader: leader
+                                .and_then(|l| leader_addr(&running.raft, l).map(|a| (l, a))),
+                        };
+                    }
+                    self.lead(running, leader_only).await
+                }
+            },
+        };
+        result.unwrap_or_else(PeerReply::Failed)
+    }
+
+    async fn lead(
+        &self,
+        running: &Running<S>,
+        request: PeerRequest,
+    ) -> Result<PeerReply, NodeError> {
+        match request {
+            PeerRequest::Propose(command) => match running.raft.client_write(command).await {
+                Ok(response) => Ok(PeerReply::Applied {
+                    index: response.log_id.index,
+                    result: response.data,
+                }),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                    Ok(PeerReply::NotLeader { leader: None })
+                }
+                Err(e) => Err(raft_error(e)),
+            },
+            PeerRequest::ReadIndex => match running.raft.ensure_linearizable().await {
+                Ok(log_id) => Ok(PeerReply::ReadIndex(log_id.map_or(0, |l| l.index))),
+                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
+                    Ok(PeerReply::NotLeader { leader: None })
+                }
+                Err(e) => Err(failed(
+                    ErrorKind::Unavailable,
+                    format!("leadership could not be confirmed: {e}"),
+                )),
+            },
+            PeerRequest::AddNode { host, port } => self
+                .add_node(running, host, port)
+                .await
+                .map(PeerReply::NodeId),
+            PeerRequest::RemoveNode { node } => self
+                .remove_node(running, &node)
+                .await
+                .map(|()| PeerReply::Done),
+            PeerRequest::TransferLeadership { node } => {
+                let id = self.resolve(running, &node)?;
+                Err(failed(
+                    ErrorKind::WrongState,
+                    format!("leadership transfer to node {id} is not available in this version"),
+                ))
+            }
+            other => Err(failed(
+                ErrorKind::InvalidRequest,
+                format!("unexpected request {other:?}"),
+            )),
+        }
+    }
+
+    async fn join(&self, node_id: NodeId, cluster_id: String) -> Result<PeerReply, NodeError> {
+        match self.identity().map_err(internal)? {
+            Some(existing) if existing.node_id == node_id && existing.cluster_id == cluster_id => {
+                Ok(PeerReply::Done)
+            }
+            Some(existing) => Err(failed(
+                ErrorKind::WrongState,
+                format!(
+                    "the node is already node {} of another cluster",
+                    existing.node_id
+                ),
+            )),
+            None => {
+                write_json_atomic(
+                    &self.identity_path(),
+                    &Identity {
+                        node_id,
+                        cluster_id,
+                    },
+                )
+                .map_err(internal)?;
+                self.start_raft(node_id).await.map_err(internal)?;
+                Ok(PeerReply::Done)
+            }
+        }
+    }
+
+    fn resolve(&self, running: &Running<S>, node: &str) -> Result<NodeId, NodeError> {
+        let state = running.sm.state();
+        let found = match node.parse::<NodeId>() {
+            Ok(id) => state.catalog.nodes.get(&id),
+            Err(_) => state.catalog.nodes.values().find(|n| n.addr.name == node),
+        };
+        found.map(|n| n.id).ok_or_else(|| {
+            failed(
+                ErrorKind::InvalidRequest,
+                format!("node \"{node}\" is not a member of the cluster"),
+            )
+            .hint("SELECT id, name FROM synapse.nodes lists the members.")
+        })
+    }
+
+    async fn add_node(
+        &self,
+        running: &Running<S>,
+        host: String,
+        port: u16,
+    ) -> Result<NodeId, NodeError> {
+        let _serial = self.shared.membership.lock().await;
+        let state = running.sm.state();
+        if let Some(n) = state
+            .catalog
+            .nodes
+            .values()
+            .find(|n| n.addr.host == host && n.addr.pg_port == port)
+        {
+            return Err(failed(
+                ErrorKind::WrongState,
+                format!(
+                    "{host}:{port} is already node {} (\"{}\")",
+                    n.id, n.addr.name
+                ),
+            ));
+        }
+        let description = self.shared.probe.describe(&host, port).await?;
+        if let Some(id) = description.node_id {
+            return Err(failed(
+                ErrorKind::WrongState,
+                format!("the server at {host}:{port} is already node {id} of a cluster"),
+            )
+            .hint("Remove it from its cluster first, or add a server that belongs to none."));
+        }
+        if let Some(n) = state
+            .catalog
+            .nodes
+            .values()
+            .find(|n| n.addr.name == description.addr.name)
+        {
+            return Err(failed(
+                ErrorKind::WrongState,
+                format!(
+                    "the server at {host}:{port} is named \"{}\", the name of node {}",
+                    n.addr.name, n.id
+                ),
+            )
+            .hint("Give it another synapse.node_name."));
+        }
+        let id = state
+            .catalog
+            .nodes
+            .keys()
+            .max()
+            .copied()
+            .unwrap_or(0)
+            .max(running.id)
+            + 1;
+        let addr = NodeAddr {
+            name: description.addr.name,
+            host: host.clone(),
+            pg_port: port,
+            rpc_port: description.addr.rpc_port,
+        };
+        let cluster_id = state
+            .catalog
+            .cluster
+            .as_ref()
+            .map(|c| c.cluster_id.clone())
+            .unwrap_or_default();
+        match call_peer(
+            &addr.rpc_endpoint(),
+            &PeerRequest::Join {
+                node_id: id,
+                cluster_id,
+            },
+        )
+        .await
+        {
+            PeerReply::Done => {}
+            PeerReply::Failed(e) => return Err(e),
+            other => return Err(unexpected(other)),
+        }
+        let node = BasicNode::new(addr.rpc_endpoint());
+        running
+            .raft
+            .add_learner(id, node, true)
+            .await
+            .map_err(raft_error)?;
+        let metrics = running.raft.metrics().borrow().clone();
+        let voters: BTreeSet<NodeId> = metrics.membership_config.membership().voter_ids().collect();
+        let role = if voters.len() < self.shared.settings.max_voters {
+            running
+                .raft
+                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+                .await
+                .map_err(raft_error)?;
+            Role::Voter
+        } else {
+            Role::Learner
+        };
+        let command = Command::UpsertNode {
+            id,
+            addr,
+            role,
+            at_unix_ms: now_ms(),
+        };
+        match running
+            .raft
+            .client_write(command)
+            .await
+            .map_err(raft_error)?
+            .data
+        {
+            CommandResult::Refused(m) => Err(failed(ErrorKind::InvalidRequest, m)),
+            _ => Ok(id),
+        }
+    }
+
+    async fn remove_node(&self, running: &Running<S>, node: &str) -> Result<(), NodeError> {
+        let _serial = self.shared.membership.lock().await;
+        let id = self.resolve(running, node)?;
+        let metrics = running.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership().clone();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        if voters.contains(&id) {
+            if voters.len() == 1 {
+                return Err(failed(
+                    ErrorKind::WrongState,
+                    format!("node {id} is the last voter of the cluster"),
+                )
+                .hint("Add another node first; a cluster cannot run without voters."));
+            }
+            running
+                .raft
+                .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+                .await
+                .map_err(raft_error)?;
+        }
+        if running
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .is_some()
+        {
+            running
+                .raft
+                .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                .await
+                .map_err(raft_error)?;
+        }
+        running
+            .raft
+            .client_write(Command::RemoveNode { id })
+            .await
+            .map_err(raft_error)?;
+        Ok(())
+    }
+
+    /// This node's row of `synapse.raft_status()`.
+    pub fn status(&self) -> RaftStatus {
+        let Some(running) = self.shared.running.get() else {
+            return RaftStatus {
+                role: "none".into(),
+                ..RaftStatus::default()
+            };
+        };
+        let m = running.raft.metrics().borrow().clone();
+        let is_voter = m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == running.id);
+        let role = match m.state {
+            ServerState::Leader => "leader",
+            ServerState::Candidate => "candidate",
+            ServerState::Follower if is_voter => "follower",
+            ServerState::Follower | ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        };
+        let lease = self.shared.settings.leadership_lease.as_millis() as u64;
+        RaftStatus {
+            node_id: Some(running.id),
+            term: m.current_term,
+            role: role.into(),
+            leader_id: m.current_leader,
+            commit_index: running.log.committed_index(),
+            applied_index: m.last_applied.map(|l| l.index),
+            last_log_index: m.last_log_index,
+            lease_remaining_ms: (m.state == ServerState::Leader).then(|| {
+                m.millis_since_quorum_ack
+                    .map_or(0, |ack| lease.saturating_sub(ack))
+            }),
+        }
+    }
+}
+
+fn leader_addr(raft: &Raft<TypeConfig>, leader: NodeId) -> Option<String> {
+    raft.metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .get_node(&leader)
+        .map(|n| n.addr.clone())
+}
+
+/// Sends a [`PeerRequest`] to the node at `addr`.
+pub async fn call_peer(addr: &str, request: &PeerRequest) -> PeerReply {
+    let channel = match channel(addr) {
+        Ok(c) => c,
+        Err(e) => {
+            return PeerReply::Failed(failed(
+                ErrorKind::Connection,
+                format!("bad address {addr}: {e}"),
+            ))
+        }
+    };
+    match ClusterClient::new(channel).call(to_json(request)).await {
+        Ok(reply) => from_json(&reply.into_inner()).unwrap_or_else(|e| {
+            PeerReply::Failed(failed(ErrorKind::Connection, e.message().to_owned()))
+        }),
+        Err(status) => PeerReply::Unreachable(format!(
+            "could not reach the node at {addr}: {}",
+            status.message()
+        )),
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> NodeError {
+    failed(ErrorKind::Internal, e.to_string())
+}
+
+fn unexpected(reply: PeerReply) -> NodeError {
+    failed(ErrorKind::Internal, format!("unexpected answer {reply:?}"))
+}
+
+fn raft_error<E: std::fmt::Display>(e: RaftError<NodeId, E>) -> NodeError {
+    match e {
+        RaftError::APIError(e) => failed(ErrorKind::WrongState, e.to_string()),
+        RaftError::Fatal(e) => failed(ErrorKind::Internal, format!("Raft stopped: {e}")),
+    }
+}

@@ -1,0 +1,125 @@
+//! The node's servers: gRPC (`Raft` and `Cluster` services) for other nodes, and a Unix
+//! socket for this node's own backends (one JSON request line, one JSON reply line).
+//!
+//! The Unix socket lives in the data directory with mode 0600, so only the PostgreSQL OS
+//! user can reach it; backends use it because they must not start threads and can wait on
+//! a plain socket through PostgreSQL's latch machinery.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixListener;
+use tonic::{Request, Response, Status};
+
+use super::messages::{LocalReply, LocalRequest, PeerRequest};
+use super::node::{NodeProbe, RaftNode};
+use super::state_machine::CatalogSink;
+use crate::rpc::pb::cluster_server::{Cluster, ClusterServer};
+use crate::rpc::pb::raft_server::{Raft as RaftRpc, RaftServer};
+use crate::rpc::pb::Json;
+use crate::rpc::{from_json, to_json};
+
+/// The largest message a peer may send (snapshots are chunked below this).
+const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+
+struct RaftSvc<S, P>(RaftNode<S, P>);
+struct ClusterSvc<S, P>(RaftNode<S, P>);
+
+impl<S: CatalogSink, P: NodeProbe> RaftSvc<S, P> {
+    fn raft(&self) -> Result<openraft::Raft<super::types::TypeConfig>, Status> {
+        self.0
+            .raft()
+            .ok_or_else(|| Status::failed_precondition("this node has not joined a cluster"))
+    }
+}
+
+#[tonic::async_trait]
+impl<S: CatalogSink, P: NodeProbe> RaftRpc for RaftSvc<S, P> {
+    async fn append_entries(&self, request: Request<Json>) -> Result<Response<Json>, Status> {
+        let result = self
+            .raft()?
+            .append_entries(from_json(request.get_ref())?)
+            .await;
+        Ok(Response::new(to_json(&result)))
+    }
+
+    async fn vote(&self, request: Request<Json>) -> Result<Response<Json>, Status> {
+        let result = self.raft()?.vote(from_json(request.get_ref())?).await;
+        Ok(Response::new(to_json(&result)))
+    }
+
+    async fn install_snapshot(&self, request: Request<Json>) -> Result<Response<Json>, Status> {
+        let result = self
+            .raft()?
+            .install_snapshot(from_json(request.get_ref())?)
+            .await;
+        Ok(Response::new(to_json(&result)))
+    }
+}
+
+#[tonic::async_trait]
+impl<S: CatalogSink, P: NodeProbe> Cluster for ClusterSvc<S, P> {
+    async fn call(&self, request: Request<Json>) -> Result<Response<Json>, Status> {
+        let request: PeerRequest = from_json(request.get_ref())?;
+        Ok(Response::new(to_json(&self.0.handle_peer(request).await)))
+    }
+}
+
+/// Serves gRPC on `listen` until `shutdown` completes.
+pub async fn serve_grpc<S: CatalogSink, P: NodeProbe>(
+    node: RaftNode<S, P>,
+    listen: SocketAddr,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    tonic::transport::Server::builder()
+        .add_service(RaftServer::new(RaftSvc(node.clone())).max_decoding_message_size(MAX_MESSAGE))
+        .add_service(ClusterServer::new(ClusterSvc(node)).max_decoding_message_size(MAX_MESSAGE))
+        .serve_with_shutdown(listen, shutdown)
+        .await
+}
+
+/// Binds the backends' Unix socket at `path` (replacing a stale one), mode 0600.
+pub fn bind_local(path: &Path) -> io::Result<UnixListener> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Answers backends on `listener`, one task per connection.
+pub async fn serve_local<S: CatalogSink, P: NodeProbe>(
+    node: RaftNode<S, P>,
+    listener: UnixListener,
+) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let node = node.clone();
+        tokio::spawn(async move {
+            let (read, mut write) = stream.into_split();
+            let mut line = String::new();
+            if BufReader::new(read).read_line(&mut line).await.is_err() {
+                return;
+            }
+            let reply = match serde_json::from_str::<LocalRequest>(&line) {
+                Ok(request) => node.handle_local(request).await,
+                Err(e) => LocalReply::Failed(super::messages::NodeError::new(
+                    super::messages::ErrorKind::InvalidRequest,
+                    format!("bad request: {e}"),
+                )),
+            };
+            let mut out = serde_json::to_vec(&reply).expect("serializable");
+            out.push(b'\n');
+            let _ = write.write_all(&out).await;
+        });
+    }
+}

@@ -1,0 +1,212 @@
+//! Three Raft nodes in one process on loopback gRPC, with in-memory catalogs: bootstrap,
+//! admission, proposals through followers, linearizable reads, and failover when the
+//! leader's server stops. The PostgreSQL side is tested by the cluster tests.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+use synapse_core::raft::messages::{
+    ErrorKind, LocalReply, LocalRequest, NodeDescription, NodeError,
+};
+use synapse_core::raft::node::{NodeProbe, RaftNode, RaftSettings};
+use synapse_core::raft::service::serve_grpc;
+use synapse_core::raft::state_machine::{CatalogState, MemorySink};
+use synapse_core::raft::types::{Command, CommandResult, NodeAddr};
+use tokio::sync::oneshot;
+
+/// Answers "describe host:port" from a fixed table, as SQL would on real servers.
+#[derive(Clone, Default)]
+struct Directory(Arc<std::sync::Mutex<HashMap<u16, NodeAddr>>>);
+
+impl NodeProbe for Directory {
+    async fn describe(&self, host: &str, port: u16) -> Result<NodeDescription, NodeError> {
+        let addr = self.0.lock().unwrap().get(&port).cloned();
+        addr.map(|addr| NodeDescription {
+            addr,
+            node_id: None,
+            cluster_id: None,
+        })
+        .ok_or_else(|| NodeError::new(ErrorKind::Connection, format!("no server at {host}:{port}")))
+    }
+}
+
+type Node = RaftNode<MemorySink, Directory>;
+
+struct Member {
+    node: Node,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn start(name: &str, dir: &std::path::Path, directory: &Directory) -> Member {
+    let rpc_port = free_port();
+    let pg_port = free_port();
+    let addr = NodeAddr {
+        name: name.into(),
+        host: "127.0.0.1".into(),
+        pg_port,
+        rpc_port,
+    };
+    directory.0.lock().unwrap().insert(pg_port, addr.clone());
+    let settings = RaftSettings {
+        dir: dir.join(name),
+        listen: SocketAddr::from(([127, 0, 0, 1], rpc_port)),
+        addr,
+        election_timeout_min: Duration::from_millis(300),
+        election_timeout_max: Duration::from_millis(600),
+        heartbeat_interval: Duration::from_millis(100),
+        leadership_lease: Duration::from_millis(500),
+        raft_timeout: Duration::from_secs(10),
+        max_voters: 5,
+        snapshot_after_entries: 50,
+    };
+    let listen = settings.listen;
+    let node = RaftNode::open(
+        settings,
+        MemorySink,
+        CatalogState::default(),
+        directory.clone(),
+    )
+    .await
+    .unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(serve_grpc(node.clone(), listen, async {
+        let _ = stopped.await;
+    }));
+    Member {
+        node,
+        stop: Some(stop),
+    }
+}
+
+async fn set(node: &Node, name: &str, value: &str) -> LocalReply {
+    node.handle_local(LocalRequest::Propose(Command::SetSetting {
+        name: name.into(),
+        value: value.into(),
+        at_unix_ms: 0,
+    }))
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_agree_and_survive_the_loss_of_their_leader() {
+    let dir = std::env::temp_dir().join(format!("synapse-raft-cluster-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let directory = Directory::default();
+    let mut members = vec![];
+    for name in ["n1", "n2", "n3"] {
+        members.push(start(name, &dir, &directory).await);
+    }
+
+    // Phase 1: bootstrap on n1, admit n2 and n3 through their PostgreSQL ports.
+    let init = members[0]
+        .node
+        .handle_local(LocalRequest::InitCluster {
+            name: "test".into(),
+        })
+        .await;
+    assert_eq!(init, LocalReply::NodeId(1));
+    let again = members[0]
+        .node
+        .handle_local(LocalRequest::InitCluster {
+            name: "test".into(),
+        })
+        .await;
+    assert!(
+        matches!(
+            again,
+            LocalReply::Failed(NodeError {
+                kind: ErrorKind::WrongState,
+                ..
+            })
+        ),
+        "{again:?}"
+    );
+    for (i, m) in members.iter().enumerate().skip(1) {
+        let pg_port = directory
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(_, a)| a.name == format!("n{}", i + 1))
+            .map(|(p, _)| *p)
+            .unwrap();
+        // Ask through n2 for n3: requests are forwarded to the leader.
+        let via = &members[i - 1].node;
+        let reply = via
+            .handle_local(LocalRequest::AddNode {
+                host: "127.0.0.1".into(),
+                port: pg_port,
+            })
+            .await;
+        assert_eq!(reply, LocalReply::NodeId(i as u64 + 1), "{reply:?}");
+        assert!(m.node.identity().unwrap().is_some());
+    }
+    let unknown = members[1]
+        .node
+        .handle_local(LocalRequest::AddNode {
+            host: "127.0.0.1".into(),
+            port: 1,
+        })
+        .await;
+    assert!(
+        matches!(
+            unknown,
+            LocalReply::Failed(NodeError {
+                kind: ErrorKind::Connection,
+                ..
+            })
+        ),
+        "{unknown:?}"
+    );
+
+    // Phase 2: a write through a follower is applied on that follower when it returns.
+    assert_eq!(
+        set(&members[2].node, "color", "blue").await,
+        LocalReply::Applied(CommandResult::Done)
+    );
+    let state = members[2].node.catalog_state().unwrap();
+    assert_eq!(state.catalog.settings["color"].value, "blue");
+    assert_eq!(state.catalog.nodes.len(), 3);
+    assert_eq!(
+        members[1]
+            .node
+            .handle_local(LocalRequest::ReadBarrier)
+            .await,
+        LocalReply::Done
+    );
+    assert_eq!(
+        members[1].node.catalog_state().unwrap().catalog.settings["color"].value,
+        "blue"
+    );
+
+    // Phase 3: the leader's server stops; the other two elect a leader and keep writing.
+    let leader = members[0].node.status().leader_id.unwrap();
+    let idx = leader as usize - 1;
+    members[idx].stop.take().unwrap().send(()).unwrap();
+    members[idx].node.raft().unwrap().shutdown().await.unwrap();
+    let survivor = &members[(idx + 1) % 3].node;
+    let reply = set(survivor, "color", "green").await;
+    assert_eq!(reply, LocalReply::Applied(CommandResult::Done));
+    let status = survivor.status();
+    assert_ne!(status.leader_id, Some(leader));
+    let other = &members[(idx + 2) % 3].node;
+    assert_eq!(
+        other.handle_local(LocalRequest::ReadBarrier).await,
+        LocalReply::Done
+    );
+    assert_eq!(
+        other.catalog_state().unwrap().catalog.settings["color"].value,
+        "green"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
