@@ -5,7 +5,7 @@
 //! asserts it). Network threads get the values they need from the main thread, which
 //! republishes them after each configuration reload.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::pg_sys;
@@ -35,8 +35,81 @@ static GOSSIP_PORT: GucSetting<i32> = GucSetting::<i32>::new(8082);
 /// `synapse.health_timeout`: how long `GET /health` waits for the database, in ms.
 static HEALTH_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(2000);
 
+/// `synapse.election_timeout_min` / `_max`: a follower that hears no leader for a random
+/// time in this range (ms) starts an election.
+static ELECTION_TIMEOUT_MIN: GucSetting<i32> = GucSetting::<i32>::new(3000);
+static ELECTION_TIMEOUT_MAX: GucSetting<i32> = GucSetting::<i32>::new(6000);
+
+/// `synapse.heartbeat_interval`: how often the Raft leader heartbeats its followers, in ms.
+static HEARTBEAT_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(1000);
+
+/// `synapse.leadership_lease`: how long after its last quorum contact the leader still
+/// counts itself leader for leader-only decisions, in ms.
+static LEADERSHIP_LEASE: GucSetting<i32> = GucSetting::<i32>::new(5000);
+
+/// `synapse.raft_timeout`: how long a metadata change or linearizable read waits for a
+/// quorum before failing, in ms.
+static RAFT_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+
+/// `synapse.max_voters`: nodes beyond this many voters join as non-voting learners.
+static MAX_VOTERS: GucSetting<i32> = GucSetting::<i32>::new(5);
+
+/// `synapse.raft_snapshot_entries`: take a snapshot and compact the Raft log after this
+/// many entries.
+static RAFT_SNAPSHOT_ENTRIES: GucSetting<i32> = GucSetting::<i32>::new(1000);
+
 /// Registers every GUC and reserves the `synapse` prefix. Called once from `_PG_init`.
 pub fn init() {
+    define_ms(
+        c"synapse.election_timeout_min",
+        c"Shortest Raft election timeout.",
+        &ELECTION_TIMEOUT_MIN,
+        GucContext::Postmaster,
+    );
+    define_ms(
+        c"synapse.election_timeout_max",
+        c"Longest Raft election timeout.",
+        &ELECTION_TIMEOUT_MAX,
+        GucContext::Postmaster,
+    );
+    define_ms(
+        c"synapse.heartbeat_interval",
+        c"Interval of Raft leader heartbeats.",
+        &HEARTBEAT_INTERVAL,
+        GucContext::Postmaster,
+    );
+    define_ms(
+        c"synapse.leadership_lease",
+        c"How long a Raft leader trusts its last quorum contact.",
+        &LEADERSHIP_LEASE,
+        GucContext::Postmaster,
+    );
+    define_ms(
+        c"synapse.raft_timeout",
+        c"How long a metadata change or linearizable read waits for a Raft quorum.",
+        &RAFT_TIMEOUT,
+        GucContext::Userset,
+    );
+    GucRegistry::define_int_guc(
+        c"synapse.max_voters",
+        c"Most voting members of the Raft group; later nodes join as learners.",
+        c"",
+        &MAX_VOTERS,
+        1,
+        9,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"synapse.raft_snapshot_entries",
+        c"Raft log entries after which a snapshot is taken and the log compacted.",
+        c"",
+        &RAFT_SNAPSHOT_ENTRIES,
+        10,
+        1_000_000,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
     GucRegistry::define_string_guc(
         c"synapse.node_name",
         c"Name of this node in logs, health reports and cluster views.",
@@ -111,6 +184,24 @@ fn define_port(
     );
 }
 
+fn define_ms(
+    name: &'static CStr,
+    desc: &'static CStr,
+    setting: &'static GucSetting<i32>,
+    context: GucContext,
+) {
+    GucRegistry::define_int_guc(
+        name,
+        desc,
+        c"",
+        setting,
+        10,
+        600_000,
+        context,
+        GucFlags::UNIT_MS,
+    );
+}
+
 fn string_of(setting: &GucSetting<Option<CString>>) -> String {
     setting
         .get()
@@ -152,4 +243,35 @@ pub fn http_port() -> u16 {
 
 pub fn health_timeout_ms() -> u64 {
     HEALTH_TIMEOUT.get() as u64
+}
+
+pub fn election_timeout_ms() -> (u64, u64) {
+    (
+        ELECTION_TIMEOUT_MIN.get() as u64,
+        ELECTION_TIMEOUT_MAX.get() as u64,
+    )
+}
+
+pub fn heartbeat_interval_ms() -> u64 {
+    HEARTBEAT_INTERVAL.get() as u64
+}
+
+pub fn leadership_lease_ms() -> u64 {
+    LEADERSHIP_LEASE.get() as u64
+}
+
+pub fn raft_timeout_ms() -> u64 {
+    RAFT_TIMEOUT.get() as u64
+}
+
+pub fn max_voters() -> usize {
+    MAX_VOTERS.get() as usize
+}
+
+pub fn raft_snapshot_entries() -> u64 {
+    RAFT_SNAPSHOT_ENTRIES.get() as u64
+}
+
+pub fn rpc_port() -> u16 {
+    RPC_PORT.get() as u16
 }

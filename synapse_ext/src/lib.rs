@@ -21,6 +21,16 @@ pgrx::extension_sql_file!(
     name = "synapse_bootstrap",
     bootstrap
 );
+pgrx::extension_sql_file!(
+    "../../sql/catalog.sql",
+    name = "synapse_catalog",
+    requires = ["synapse_bootstrap"]
+);
+pgrx::extension_sql_file!(
+    "../../sql/catalog_guard.sql",
+    name = "synapse_catalog_guard",
+    requires = ["synapse_catalog", catalog_write_guard]
+);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {

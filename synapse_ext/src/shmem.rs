@@ -13,17 +13,20 @@ use pgrx::{pg_shmem_init, PGRXSharedMemory, PgAtomic};
 /// The synapse background workers of a node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WorkerKind {
-    /// Serves HTTP and supervises the node (the first worker; others join it later).
+    /// Serves HTTP and supervises the node.
     Supervisor,
+    /// Runs Raft and applies the metadata log to the catalog tables.
+    Raft,
 }
 
 impl WorkerKind {
-    pub const ALL: [WorkerKind; 1] = [WorkerKind::Supervisor];
+    pub const ALL: [WorkerKind; 2] = [WorkerKind::Supervisor, WorkerKind::Raft];
 
     /// The name shown as `backend_type` in `pg_stat_activity` and in `synapse.workers()`.
     pub fn name(self) -> &'static str {
         match self {
             WorkerKind::Supervisor => "synapse supervisor",
+            WorkerKind::Raft => "synapse raft",
         }
     }
 
@@ -97,4 +100,11 @@ pub fn running_workers() -> Vec<(WorkerKind, i32, i64)> {
             (pid != 0).then(|| (kind, pid, slot.started_at.load(Ordering::Relaxed)))
         })
         .collect()
+}
+
+/// Whether the calling process is the running `kind` worker.
+pub fn is_worker(kind: WorkerKind) -> bool {
+    // SAFETY: plain read of a process global.
+    let me = unsafe { pg_sys::MyProcPid };
+    NODE.get().workers[kind.slot()].pid.load(Ordering::Acquire) == me
 }

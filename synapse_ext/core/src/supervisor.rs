@@ -10,7 +10,6 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
@@ -18,10 +17,11 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 
 use crate::health::{DatabaseCheck, HealthReport, NodeSettings};
 use crate::mailbox::Mailbox;
+use crate::thread::NetThread;
 
 /// Severity of a line the network thread asks the main thread to log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,9 +53,7 @@ const BIND_RETRY: Duration = Duration::from_secs(5);
 
 /// The running network thread; stop it with [`SupervisorNet::stop`].
 pub struct SupervisorNet {
-    thread: Option<JoinHandle<()>>,
-    stop: Option<oneshot::Sender<()>>,
-    done: crossbeam_channel::Receiver<()>,
+    thread: NetThread,
     settings: watch::Sender<NodeSettings>,
 }
 
@@ -74,31 +72,14 @@ impl SupervisorNet {
         mailbox: MainMailbox,
     ) -> io::Result<Self> {
         let (settings_tx, settings_rx) = watch::channel(settings);
-        let (stop_tx, stop_rx) = oneshot::channel();
-        let (done_tx, done_rx) = crossbeam_channel::bounded(1);
         let state = HttpState {
             mailbox,
             settings: settings_rx,
             started: Instant::now(),
         };
-        let thread = crate::thread::spawn_with_signals_blocked("synapse-net", move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("tokio runtime");
-            runtime.block_on(async move {
-                tokio::select! {
-                    _ = stop_rx => {}
-                    _ = run(http_addr, state) => {}
-                }
-            });
-            runtime.shutdown_timeout(Duration::from_millis(100));
-            let _ = done_tx.send(());
-        })?;
+        let thread = NetThread::spawn("synapse-net", run(http_addr, state))?;
         Ok(SupervisorNet {
-            thread: Some(thread),
-            stop: Some(stop_tx),
-            done: done_rx,
+            thread,
             settings: settings_tx,
         })
     }
@@ -109,17 +90,8 @@ impl SupervisorNet {
     }
 
     /// Asks the thread to stop and waits at most `within` for it; returns whether it did.
-    pub fn stop(mut self, within: Duration) -> bool {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        let stopped = self.done.recv_timeout(within).is_ok();
-        if stopped {
-            if let Some(thread) = self.thread.take() {
-                let _ = thread.join();
-            }
-        }
-        stopped
+    pub fn stop(self, within: Duration) -> bool {
+        self.thread.stop(within)
     }
 }
 

@@ -57,6 +57,63 @@ pub fn signal_blocked(signal: libc::c_int) -> bool {
     }
 }
 
+/// A helper thread running one tokio runtime (current-thread) with signals blocked, until
+/// its future ends or [`NetThread::stop`] is called.
+pub struct NetThread {
+    thread: Option<JoinHandle<()>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    done: crossbeam_channel::Receiver<()>,
+}
+
+impl NetThread {
+    /// Starts thread `name` running `work` on a fresh runtime.
+    pub fn spawn<F>(name: &str, work: F) -> io::Result<NetThread>
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+        let thread = spawn_with_signals_blocked(name, move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            runtime.block_on(async move {
+                tokio::select! {
+                    _ = stop_rx => {}
+                    _ = work => {}
+                }
+            });
+            runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+            let _ = done_tx.send(());
+        })?;
+        Ok(NetThread {
+            thread: Some(thread),
+            stop: Some(stop_tx),
+            done: done_rx,
+        })
+    }
+
+    /// Whether the thread's work has ended on its own.
+    pub fn is_finished(&self) -> bool {
+        !self.done.is_empty()
+    }
+
+    /// Asks the thread to stop and waits at most `within`; returns whether it stopped.
+    pub fn stop(mut self, within: std::time::Duration) -> bool {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let stopped = self.done.recv_timeout(within).is_ok();
+        if stopped {
+            if let Some(thread) = self.thread.take() {
+                let _ = thread.join();
+            }
+        }
+        stopped
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,6 +5,8 @@ use pgrx::prelude::*;
 
 use crate::shmem;
 
+mod cluster;
+
 /// `synapse.version()`: the versions of the loaded library and of the installed extension.
 /// They differ after a library upgrade until `ALTER EXTENSION synapse UPDATE` runs.
 #[pg_extern(stable, parallel_safe)]

@@ -12,6 +12,7 @@ use pgrx::bgworkers::BackgroundWorkerBuilder;
 
 use crate::shmem::WorkerKind;
 
+pub mod raft;
 pub mod supervisor;
 
 /// How long the postmaster waits before restarting a worker that exited.
@@ -23,6 +24,13 @@ pub fn register() {
         .set_type(WorkerKind::Supervisor.name())
         .set_library("synapse")
         .set_function("synapse_supervisor_main")
+        .enable_spi_access()
+        .set_restart_time(Some(RESTART_DELAY))
+        .load();
+    BackgroundWorkerBuilder::new(WorkerKind::Raft.name())
+        .set_type(WorkerKind::Raft.name())
+        .set_library("synapse")
+        .set_function("synapse_raft_main")
         .enable_spi_access()
         .set_restart_time(Some(RESTART_DELAY))
         .load();

@@ -164,10 +164,11 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
             .unwrap_or_else(|p| p.into_inner())
             .take()
             .ok_or_else(|| io::Error::other("raft already started"))?;
+        let (openraft_min, openraft_max) = openraft_election_timeouts(s);
         let config = Config {
             cluster_name: "synapse".into(),
-            election_timeout_min: s.election_timeout_min.as_millis() as u64,
-            election_timeout_max: s.election_timeout_max.as_millis() as u64,
+            election_timeout_min: openraft_min,
+            election_timeout_max: openraft_max,
             heartbeat_interval: s.heartbeat_interval.as_millis() as u64,
             install_snapshot_timeout: 10_000,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(s.snapshot_after_entries),
@@ -671,7 +672,7 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
             ServerState::Follower | ServerState::Learner => "learner",
             ServerState::Shutdown => "shutdown",
         };
-        let lease = self.shared.settings.leadership_lease.as_millis() as u64;
+        let lease = effective_lease_ms(&self.shared.settings);
         RaftStatus {
             node_id: Some(running.id),
             term: m.current_term,
@@ -686,6 +687,28 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
             }),
         }
     }
+}
+
+/// openraft 0.9 starts an election only after its leader lease (= its
+/// `election_timeout_max`) *plus* a random timeout in its [min, max] has passed since the
+/// last heartbeat. To make elections start between our `election_timeout_min` and
+/// `election_timeout_max`, openraft gets half our maximum as its maximum (and lease), and
+/// a minimum that makes lease + minimum our minimum (but above the heartbeat interval).
+fn openraft_election_timeouts(s: &RaftSettings) -> (u64, u64) {
+    let max = (s.election_timeout_max.as_millis() as u64 / 2).max(2);
+    let floor = s.heartbeat_interval.as_millis() as u64 + 1;
+    let min = (s.election_timeout_min.as_millis() as u64)
+        .saturating_sub(max)
+        .max(floor)
+        .min(max - 1);
+    (min, max)
+}
+
+/// The leader lease actually in force: followers refuse to vote for another leader for
+/// openraft's lease after hearing from the leader, so the leader can trust its leadership
+/// no longer than that, whatever `synapse.leadership_lease` says.
+pub fn effective_lease_ms(s: &RaftSettings) -> u64 {
+    (s.leadership_lease.as_millis() as u64).min(openraft_election_timeouts(s).1)
 }
 
 fn leader_addr(raft: &Raft<TypeConfig>, leader: NodeId) -> Option<String> {

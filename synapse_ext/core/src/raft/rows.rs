@@ -1,0 +1,174 @@
+//! The catalog as table rows: the JSON shapes the raft worker writes to and reads from the
+//! `synapse.*_catalog` tables (see `sql/catalog.sql`), converted from and to [`Catalog`].
+
+use serde::{Deserialize, Serialize};
+
+use super::catalog::{Catalog, CatalogChange, ClusterInfo, NodeRecord, SettingRecord};
+use super::state_machine::{CatalogState, Membership};
+use super::types::{LogId, NodeAddr, NodeId, Role};
+
+/// A row of `synapse.node_catalog`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRow {
+    pub id: NodeId,
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub rpc_port: u16,
+    pub role: String,
+    pub joined_at_unix_ms: i64,
+}
+
+impl From<&NodeRecord> for NodeRow {
+    fn from(n: &NodeRecord) -> Self {
+        NodeRow {
+            id: n.id,
+            name: n.addr.name.clone(),
+            host: n.addr.host.clone(),
+            port: n.addr.pg_port,
+            rpc_port: n.addr.rpc_port,
+            role: match n.role {
+                Role::Voter => "voter".into(),
+                Role::Learner => "learner".into(),
+            },
+            joined_at_unix_ms: n.joined_at_unix_ms,
+        }
+    }
+}
+
+impl From<NodeRow> for NodeRecord {
+    fn from(r: NodeRow) -> Self {
+        NodeRecord {
+            id: r.id,
+            addr: NodeAddr {
+                name: r.name,
+                host: r.host,
+                pg_port: r.port,
+                rpc_port: r.rpc_port,
+            },
+            role: if r.role == "voter" {
+                Role::Voter
+            } else {
+                Role::Learner
+            },
+            joined_at_unix_ms: r.joined_at_unix_ms,
+        }
+    }
+}
+
+/// `synapse.raft_applied.state`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AppliedRow {
+    pub last_applied: Option<LogId>,
+    pub membership: Membership,
+}
+
+/// Everything in the catalog tables, as one JSON document.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct CatalogRows {
+    pub applied: Option<AppliedRow>,
+    pub cluster: Option<ClusterInfo>,
+    pub nodes: Vec<NodeRow>,
+    pub settings: Vec<SettingRecord>,
+}
+
+impl From<CatalogRows> for CatalogState {
+    fn from(rows: CatalogRows) -> Self {
+        let applied = rows.applied.unwrap_or_default();
+        CatalogState {
+            catalog: Catalog {
+                cluster: rows.cluster,
+                nodes: rows
+                    .nodes
+                    .into_iter()
+                    .map(|r| (r.id, NodeRecord::from(r)))
+                    .collect(),
+                settings: rows
+                    .settings
+                    .into_iter()
+                    .map(|s| (s.name.clone(), s))
+                    .collect(),
+            },
+            last_applied: applied.last_applied,
+            membership: applied.membership,
+        }
+    }
+}
+
+impl From<&CatalogState> for CatalogRows {
+    fn from(state: &CatalogState) -> Self {
+        CatalogRows {
+            applied: Some(AppliedRow {
+                last_applied: state.last_applied,
+                membership: state.membership.clone(),
+            }),
+            cluster: state.catalog.cluster.clone(),
+            nodes: state.catalog.nodes.values().map(NodeRow::from).collect(),
+            settings: state.catalog.settings.values().cloned().collect(),
+        }
+    }
+}
+
+/// One SQL statement's worth of a change: which statement, and its JSON argument.
+pub fn change_row(change: &CatalogChange) -> (ChangeKind, String) {
+    match change {
+        CatalogChange::SetCluster(c) => (ChangeKind::SetCluster, json(c)),
+        CatalogChange::UpsertNode(n) => (ChangeKind::UpsertNode, json(&NodeRow::from(n))),
+        CatalogChange::DeleteNode(id) => (ChangeKind::DeleteNode, id.to_string()),
+        CatalogChange::UpsertSetting(s) => (ChangeKind::UpsertSetting, json(s)),
+    }
+}
+
+/// The kinds of row change, each one SQL statement of the adapter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChangeKind {
+    SetCluster,
+    UpsertNode,
+    DeleteNode,
+    UpsertSetting,
+}
+
+fn json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("serializable")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_survives_the_trip_through_rows() {
+        let mut catalog = Catalog::default();
+        catalog.apply(
+            1,
+            &super::super::types::Command::UpsertNode {
+                id: 3,
+                addr: NodeAddr {
+                    name: "n3".into(),
+                    host: "h".into(),
+                    pg_port: 5432,
+                    rpc_port: 8081,
+                },
+                role: Role::Learner,
+                at_unix_ms: 7,
+            },
+        );
+        catalog.apply(
+            2,
+            &super::super::types::Command::SetSetting {
+                name: "a".into(),
+                value: "b".into(),
+                at_unix_ms: 8,
+            },
+        );
+        let state = CatalogState {
+            catalog,
+            last_applied: None,
+            membership: Membership::default(),
+        };
+        let rows: CatalogRows =
+            serde_json::from_str(&serde_json::to_string(&CatalogRows::from(&state)).unwrap())
+                .unwrap();
+        assert_eq!(CatalogState::from(rows), state);
+    }
+}

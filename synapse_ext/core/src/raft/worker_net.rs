@@ -1,0 +1,99 @@
+//! The network thread of the raft worker: starts the [`RaftNode`] with a sink that hands
+//! applied batches to the worker's main thread, then serves gRPC and the backends' socket.
+
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::node::{RaftNode, RaftSettings};
+use super::probe::PgProbe;
+use super::service::{bind_local, serve_grpc, serve_local};
+use super::state_machine::{AppliedBatch, CatalogSink, CatalogState};
+use crate::mailbox::Mailbox;
+use crate::supervisor::LogLevel;
+use crate::thread::NetThread;
+
+/// Work for the raft worker's main thread (which owns the catalog tables).
+#[derive(Debug)]
+pub enum RaftMainRequest {
+    /// Write an applied batch and its applied state in one transaction.
+    Persist(AppliedBatch),
+    /// Replace the whole catalog (snapshot installed).
+    Replace(CatalogState),
+    /// Write a line to the server log.
+    Log(LogLevel, String),
+}
+
+pub type RaftMailbox = Mailbox<RaftMainRequest, Result<(), String>>;
+
+/// How long applying a batch may take on the main thread before Raft gives up (fatal).
+const APPLY_DEADLINE: Duration = Duration::from_secs(120);
+
+/// The catalog sink of a running worker: the main thread's SPI.
+pub struct MailboxSink(pub RaftMailbox);
+
+impl MailboxSink {
+    async fn send(&self, request: RaftMainRequest) -> io::Result<()> {
+        match self.0.call(request, APPLY_DEADLINE).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(message)) => Err(io::Error::other(message)),
+            Err(e) => Err(io::Error::other(e.to_string())),
+        }
+    }
+}
+
+impl CatalogSink for MailboxSink {
+    async fn persist(&self, batch: AppliedBatch) -> io::Result<()> {
+        self.send(RaftMainRequest::Persist(batch)).await
+    }
+
+    async fn replace(&self, state: CatalogState) -> io::Result<()> {
+        self.send(RaftMainRequest::Replace(state)).await
+    }
+}
+
+fn log(mailbox: &RaftMailbox, level: LogLevel, message: String) {
+    let _ = mailbox.post(RaftMainRequest::Log(level, message));
+}
+
+/// Starts the raft network thread. `socket` is the backends' Unix socket path.
+pub fn start(
+    settings: RaftSettings,
+    state: CatalogState,
+    probe: PgProbe,
+    socket: PathBuf,
+    mailbox: RaftMailbox,
+) -> io::Result<NetThread> {
+    NetThread::spawn("synapse-raft", async move {
+        let listen = settings.listen;
+        let node = match RaftNode::open(settings, MailboxSink(mailbox.clone()), state, probe).await
+        {
+            Ok(node) => node,
+            Err(e) => {
+                return log(
+                    &mailbox,
+                    LogLevel::Warning,
+                    format!("synapse raft could not start: {e}"),
+                )
+            }
+        };
+        let local = match bind_local(&socket) {
+            Ok(l) => l,
+            Err(e) => {
+                return log(
+                    &mailbox,
+                    LogLevel::Warning,
+                    format!("synapse raft could not listen on {}: {e}", socket.display()),
+                )
+            }
+        };
+        tokio::spawn(serve_local(node.clone(), local));
+        if let Err(e) = serve_grpc(node, listen, std::future::pending()).await {
+            log(
+                &mailbox,
+                LogLevel::Warning,
+                format!("synapse raft RPC server on {listen} stopped: {e}"),
+            );
+        }
+    })
+}

@@ -1,0 +1,111 @@
+//! A backend's requests to its node's raft worker, over the worker's Unix socket.
+//!
+//! Backends never start threads: the socket is non-blocking and every wait goes through
+//! `WaitLatchOrSocket`, followed by `CHECK_FOR_INTERRUPTS()`, so a cancel,
+//! `statement_timeout` or termination interrupts the wait at once.
+
+use std::io::{ErrorKind as IoKind, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use pgrx::pg_sys;
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
+use synapse_core::raft::messages::{ErrorKind, LocalReply, LocalRequest, NodeError};
+
+/// The raft worker's socket of this node.
+fn socket_path() -> PathBuf {
+    // SAFETY: DataDir is set at backend start and never changes.
+    let dir = unsafe { std::ffi::CStr::from_ptr(pg_sys::DataDir) };
+    PathBuf::from(dir.to_string_lossy().into_owned()).join("synapse/raft.sock")
+}
+
+/// Sends `request` and waits up to `timeout` for the answer; failures become ERRORs.
+pub fn call(request: &LocalRequest, timeout: Duration) -> LocalReply {
+    let path = socket_path();
+    let mut stream = UnixStream::connect(&path).unwrap_or_else(|e| {
+        report(NodeError::new(ErrorKind::Unavailable, format!("the synapse raft worker of this node is not running ({e})"))
+            .hint("Check the server log; the worker starts after CREATE EXTENSION synapse and restarts after failures."))
+    });
+    let mut out = serde_json::to_vec(request).expect("serializable");
+    out.push(b'\n');
+    // The request is small: the socket buffer takes it whole.
+    stream.write_all(&out).unwrap_or_else(|e| {
+        report(NodeError::new(
+            ErrorKind::Unavailable,
+            format!("raft worker socket: {e}"),
+        ))
+    });
+    stream.set_nonblocking(true).expect("non-blocking socket");
+
+    let deadline = Instant::now() + timeout;
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                answer.extend_from_slice(&buf[..n]);
+                if answer.ends_with(b"\n") {
+                    break;
+                }
+                continue;
+            }
+            Err(e) if e.kind() == IoKind::WouldBlock => {}
+            Err(e) if e.kind() == IoKind::Interrupted => continue,
+            Err(e) => report(NodeError::new(
+                ErrorKind::Unavailable,
+                format!("raft worker socket: {e}"),
+            )),
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            report(
+                NodeError::new(ErrorKind::Unavailable, format!("no answer from Raft within {} ms; the outcome is unknown", timeout.as_millis()))
+                    .hint("Check SELECT * FROM synapse.raft_status(); raise synapse.raft_timeout if the cluster is just slow."),
+            );
+        }
+        // SAFETY: waits on our own latch and a descriptor we own, on the main thread.
+        unsafe {
+            pg_sys::WaitLatchOrSocket(
+                pg_sys::MyLatch,
+                (pg_sys::WL_LATCH_SET
+                    | pg_sys::WL_SOCKET_READABLE
+                    | pg_sys::WL_TIMEOUT
+                    | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+                stream.as_raw_fd(),
+                left.as_millis().min(i32::MAX as u128) as libc::c_long,
+                pg_sys::PG_WAIT_EXTENSION,
+            );
+            pg_sys::ResetLatch(pg_sys::MyLatch);
+        }
+        pg_sys::check_for_interrupts!();
+    }
+    match serde_json::from_slice::<LocalReply>(&answer) {
+        Ok(LocalReply::Failed(e)) => report(e),
+        Ok(reply) => reply,
+        Err(e) => report(NodeError::new(
+            ErrorKind::Internal,
+            format!("bad answer from the raft worker: {e}"),
+        )),
+    }
+}
+
+/// Raises `e` as an ERROR with a SQLSTATE matching its kind.
+pub fn report(e: NodeError) -> ! {
+    let code = match e.kind {
+        ErrorKind::InvalidRequest => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+        ErrorKind::WrongState => PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        ErrorKind::Unavailable => PgSqlErrorCode::ERRCODE_CONNECTION_EXCEPTION,
+        ErrorKind::Connection => PgSqlErrorCode::ERRCODE_CONNECTION_FAILURE,
+        ErrorKind::Internal => PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+    };
+    let mut report = ErrorReport::new(code, e.message, "synapse");
+    if let Some(hint) = e.hint {
+        report = report.set_hint(hint);
+    }
+    report.report(PgLogLevel::ERROR);
+    unreachable!("ERROR does not return")
+}

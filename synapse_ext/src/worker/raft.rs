@@ -1,0 +1,244 @@
+//! The raft worker's main thread: owns the catalog tables. It loads the applied catalog at
+//! start, hands it to the Raft runtime on the network thread, and then writes every
+//! applied batch (row changes plus the applied log id) in one transaction.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use pgrx::bgworkers::BackgroundWorker;
+use pgrx::prelude::*;
+use synapse_core::mailbox::{mailbox, Envelope};
+use synapse_core::raft::catalog::CatalogChange;
+use synapse_core::raft::node::RaftSettings;
+use synapse_core::raft::probe::PgProbe;
+use synapse_core::raft::rows::{change_row, AppliedRow, CatalogRows, ChangeKind};
+use synapse_core::raft::state_machine::{AppliedBatch, CatalogState};
+use synapse_core::raft::types::NodeAddr;
+use synapse_core::raft::worker_net::{self, RaftMainRequest};
+use synapse_core::supervisor::LogLevel;
+
+use crate::gucs;
+use crate::pg::signals;
+use crate::pg::wait::WaitSet;
+use crate::pg::xact::in_transaction;
+use crate::shmem::{self, WorkerKind};
+
+/// How often the worker looks for `CREATE EXTENSION synapse` before it can start.
+const EXTENSION_POLL: Duration = Duration::from_secs(1);
+
+/// Entry point, called by the postmaster in a new process.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn synapse_raft_main(_arg: pg_sys::Datum) {
+    signals::install();
+    BackgroundWorker::connect_worker_to_spi(Some(&gucs::database()), None);
+    shmem::register_worker(WorkerKind::Raft);
+    let mut waits = WaitSet::new(1);
+
+    // The catalog tables exist once the extension is created.
+    let mut said = false;
+    while !extension_exists() {
+        if !said {
+            log!(
+                "synapse raft: waiting for CREATE EXTENSION synapse in database \"{}\"",
+                gucs::database()
+            );
+            said = true;
+        }
+        waits.wait(Some(EXTENSION_POLL));
+        signals::exit_if_shutdown_pending();
+    }
+    let state = in_transaction(load_state)
+        .and_then(|r| r)
+        .unwrap_or_else(|e| error!("synapse raft: could not read the catalog: {e}"));
+
+    let (mailbox, inbox) = mailbox(1024).unwrap_or_else(|e| error!("synapse raft: mailbox: {e}"));
+    let dir = data_dir().join("synapse");
+    let net = worker_net::start(
+        settings(&dir),
+        state,
+        probe(),
+        dir.join("raft.sock"),
+        mailbox,
+    )
+    .unwrap_or_else(|e| error!("synapse raft: could not start its network thread: {e}"));
+    waits.add_readable(inbox.wake_fd());
+    while !signals::shutdown_pending() {
+        if signals::take_reload_request() {
+            signals::reload_config();
+        }
+        inbox.drain(handle);
+        if net.is_finished() {
+            // The Raft runtime stopped (it logged why): restart the worker to retry.
+            error!("synapse raft: the Raft runtime stopped; restarting");
+        }
+        waits.wait(Some(Duration::from_secs(1)));
+    }
+    let _ = net.stop(Duration::from_millis(500));
+    signals::exit_if_shutdown_pending();
+}
+
+fn extension_exists() -> bool {
+    in_transaction(|| {
+        Spi::get_one::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'synapse')",
+        )
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+    })
+    .unwrap_or(false)
+}
+
+fn handle(envelope: Envelope<RaftMainRequest, Result<(), String>>) {
+    let answer = match &envelope.request {
+        RaftMainRequest::Persist(batch) => {
+            let batch = batch.clone();
+            in_transaction(move || persist(&batch)).and_then(|r| r)
+        }
+        RaftMainRequest::Replace(state) => {
+            let state = state.clone();
+            in_transaction(move || replace(&state)).and_then(|r| r)
+        }
+        RaftMainRequest::Log(level, message) => {
+            match level {
+                LogLevel::Log => log!("{message}"),
+                LogLevel::Warning => warning!("{message}"),
+            }
+            Ok(())
+        }
+    };
+    if let Err(e) = &answer {
+        warning!("synapse raft: could not write the catalog: {e}");
+    }
+    envelope.answer(answer);
+}
+
+fn run(sql: &str, arg: &str) -> Result<(), String> {
+    Spi::run_with_args(sql, &[arg.into()]).map_err(|e| e.to_string())
+}
+
+const UPSERT_CLUSTER: &str = "INSERT INTO synapse.cluster_catalog \
+     SELECT * FROM jsonb_populate_record(NULL::synapse.cluster_catalog, $1::jsonb || '{\"singleton\": true}') \
+     ON CONFLICT (singleton) DO UPDATE SET cluster_id = EXCLUDED.cluster_id, name = EXCLUDED.name, \
+     created_at_unix_ms = EXCLUDED.created_at_unix_ms";
+const UPSERT_NODE: &str = "INSERT INTO synapse.node_catalog \
+     SELECT * FROM jsonb_populate_record(NULL::synapse.node_catalog, $1::jsonb) \
+     ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, host = EXCLUDED.host, port = EXCLUDED.port, \
+     rpc_port = EXCLUDED.rpc_port, role = EXCLUDED.role, joined_at_unix_ms = EXCLUDED.joined_at_unix_ms";
+const DELETE_NODE: &str = "DELETE FROM synapse.node_catalog WHERE id = $1::bigint";
+const UPSERT_SETTING: &str = "INSERT INTO synapse.setting_catalog \
+     SELECT * FROM jsonb_populate_record(NULL::synapse.setting_catalog, $1::jsonb) \
+     ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value, version = EXCLUDED.version, \
+     updated_at_unix_ms = EXCLUDED.updated_at_unix_ms";
+const SET_APPLIED: &str = "INSERT INTO synapse.raft_applied (state) VALUES ($1::jsonb) \
+     ON CONFLICT (singleton) DO UPDATE SET state = EXCLUDED.state";
+
+fn apply_change(change: &CatalogChange) -> Result<(), String> {
+    let (kind, arg) = change_row(change);
+    let sql = match kind {
+        ChangeKind::SetCluster => UPSERT_CLUSTER,
+        ChangeKind::UpsertNode => UPSERT_NODE,
+        ChangeKind::DeleteNode => DELETE_NODE,
+        ChangeKind::UpsertSetting => UPSERT_SETTING,
+    };
+    run(sql, &arg)
+}
+
+fn set_applied(applied: &AppliedRow) -> Result<(), String> {
+    run(
+        SET_APPLIED,
+        &serde_json::to_string(applied).map_err(|e| e.to_string())?,
+    )
+}
+
+fn persist(batch: &AppliedBatch) -> Result<(), String> {
+    for change in &batch.changes {
+        apply_change(change)?;
+    }
+    set_applied(&AppliedRow {
+        last_applied: Some(batch.last_applied),
+        membership: batch.membership.clone(),
+    })
+}
+
+fn replace(state: &CatalogState) -> Result<(), String> {
+    for table in ["cluster_catalog", "node_catalog", "setting_catalog"] {
+        Spi::run(&format!("DELETE FROM synapse.{table}")).map_err(|e| e.to_string())?;
+    }
+    let rows = CatalogRows::from(state);
+    if let Some(cluster) = &rows.cluster {
+        run(
+            UPSERT_CLUSTER,
+            &serde_json::to_string(cluster).map_err(|e| e.to_string())?,
+        )?;
+    }
+    for node in &rows.nodes {
+        run(
+            UPSERT_NODE,
+            &serde_json::to_string(node).map_err(|e| e.to_string())?,
+        )?;
+    }
+    for setting in &rows.settings {
+        run(
+            UPSERT_SETTING,
+            &serde_json::to_string(setting).map_err(|e| e.to_string())?,
+        )?;
+    }
+    set_applied(&rows.applied.unwrap_or_default())
+}
+
+fn load_state() -> Result<CatalogState, String> {
+    let text = Spi::get_one::<String>(
+        "SELECT jsonb_build_object(\
+           'applied', (SELECT state FROM synapse.raft_applied), \
+           'cluster', (SELECT to_jsonb(c) - 'singleton' FROM synapse.cluster_catalog c), \
+           'nodes', (SELECT coalesce(jsonb_agg(to_jsonb(n)), '[]') FROM synapse.node_catalog n), \
+           'settings', (SELECT coalesce(jsonb_agg(to_jsonb(s)), '[]') FROM synapse.setting_catalog s))::text",
+    )
+    .map_err(|e| e.to_string())?
+    .unwrap_or_default();
+    let rows: CatalogRows = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+    Ok(CatalogState::from(rows))
+}
+
+fn data_dir() -> PathBuf {
+    // SAFETY: DataDir is set by the postmaster before any worker starts and never changes.
+    let dir = unsafe { std::ffi::CStr::from_ptr(pg_sys::DataDir) };
+    PathBuf::from(dir.to_string_lossy().into_owned())
+}
+
+fn settings(dir: &std::path::Path) -> RaftSettings {
+    let (min, max) = gucs::election_timeout_ms();
+    let address = gucs::listen_address();
+    let ip: IpAddr = address.parse().unwrap_or_else(|_| {
+        error!("invalid synapse.listen_address \"{address}\": expected an IP address such as 127.0.0.1")
+    });
+    // SAFETY: PostPortNumber is set by the postmaster before any worker starts.
+    let pg_port = unsafe { pg_sys::PostPortNumber } as u16;
+    RaftSettings {
+        dir: dir.join("raft"),
+        listen: SocketAddr::new(ip, gucs::rpc_port()),
+        addr: NodeAddr {
+            name: gucs::node_name(),
+            host: address,
+            pg_port,
+            rpc_port: gucs::rpc_port(),
+        },
+        election_timeout_min: Duration::from_millis(min),
+        election_timeout_max: Duration::from_millis(max),
+        heartbeat_interval: Duration::from_millis(gucs::heartbeat_interval_ms()),
+        leadership_lease: Duration::from_millis(gucs::leadership_lease_ms()),
+        raft_timeout: Duration::from_millis(gucs::raft_timeout_ms()),
+        max_voters: gucs::max_voters(),
+        snapshot_after_entries: gucs::raft_snapshot_entries(),
+    }
+}
+
+fn probe() -> PgProbe {
+    PgProbe {
+        user: "postgres".into(),
+        database: gucs::database(),
+    }
+}
