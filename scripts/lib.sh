@@ -2,6 +2,7 @@
 # shellcheck shell=bash
 
 SYNAPSE_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+export SYNAPSE_ROOT
 PG_MAJOR=15
 PG_BIN=/usr/lib/postgresql/$PG_MAJOR/bin
 PG_CONFIG=$PG_BIN/pg_config

@@ -105,6 +105,7 @@ pub mod pg_test {
         vec![
             "shared_preload_libraries = 'synapse'",
             "synapse.http_port = 0",
+            "synapse.rpc_port = 28817",
         ]
     }
 }
