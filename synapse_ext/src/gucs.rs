@@ -142,7 +142,7 @@ pub fn init() {
     );
     define_port(
         c"synapse.rpc_port",
-        c"Port for node-to-node RPC (gRPC over mutual TLS).",
+        c"Port for node-to-node RPC (gRPC: Raft and cluster requests).",
         &RPC_PORT,
         1,
     );

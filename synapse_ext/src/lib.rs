@@ -80,13 +80,23 @@ mod tests {
 
     #[pg_test]
     fn settings_are_registered_with_their_defaults() {
-        let get = |q: &str| Spi::get_one::<String>(q).unwrap().unwrap();
-        assert_eq!(get("SELECT current_setting('synapse.rpc_port')"), "8081");
-        assert_eq!(get("SELECT current_setting('synapse.gossip_port')"), "8082");
-        assert_eq!(
-            get("SELECT current_setting('synapse.health_timeout')"),
-            "2s"
-        );
+        let default = |name: &str| {
+            Spi::get_one_with_args::<String>(
+                "SELECT boot_val FROM pg_settings WHERE name = $1",
+                &[name.into()],
+            )
+            .unwrap()
+            .unwrap()
+        };
+        assert_eq!(default("synapse.http_port"), "8080");
+        assert_eq!(default("synapse.rpc_port"), "8081");
+        assert_eq!(default("synapse.gossip_port"), "8082");
+        assert_eq!(default("synapse.health_timeout"), "2000");
+        assert_eq!(default("synapse.election_timeout_min"), "3000");
+        assert_eq!(default("synapse.election_timeout_max"), "6000");
+        assert_eq!(default("synapse.heartbeat_interval"), "1000");
+        assert_eq!(default("synapse.leadership_lease"), "5000");
+        assert_eq!(default("synapse.max_voters"), "5");
     }
 
     #[pg_test(error = "invalid configuration parameter name \"synapse.nonexistent\"")]

@@ -3,6 +3,7 @@
 //! crate, so everything here is tested with plain `cargo test`.
 
 pub mod health;
+pub mod linearizability;
 pub mod mailbox;
 pub mod raft;
 pub mod rpc;
