@@ -38,6 +38,11 @@ pub struct Cluster {
 impl Cluster {
     /// Starts a fresh cluster of `nodes` nodes named after the test, on `base_port`.
     pub fn up(name: &str, nodes: usize, base_port: u16) -> Cluster {
+        Cluster::up_with(name, nodes, base_port, &[])
+    }
+
+    /// Like [`Cluster::up`], with extra arguments for `scripts/cluster up` (`--no-init`).
+    pub fn up_with(name: &str, nodes: usize, base_port: u16, extra: &[&str]) -> Cluster {
         let dir = clusters_root().join(name);
         let cluster = Cluster {
             dir,
@@ -49,7 +54,10 @@ impl Cluster {
         } else if cluster.dir.exists() {
             let _ = std::fs::remove_dir_all(&cluster.dir);
         }
-        let out = cluster.script(&["up", "-n", &nodes.to_string()]);
+        let n = nodes.to_string();
+        let mut args = vec!["up", "-n", n.as_str()];
+        args.extend_from_slice(extra);
+        let out = cluster.script(&args);
         assert!(out.status.success(), "cluster up failed:\n{}", text(&out));
         cluster
     }

@@ -52,7 +52,7 @@ fn client_loop(
     start: Instant,
     history: &Mutex<Vec<Event>>,
 ) {
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (id + 1) * 0x1234_5678);
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((id + 1) * 0x1234_5678));
     let mut clients: Vec<Option<postgres::Client>> = (0..=cluster.nodes).map(|_| None).collect();
     let now = || start.elapsed().as_micros() as u64;
     let mut n = 0;

@@ -25,10 +25,21 @@ fn socket_path() -> PathBuf {
 /// Sends `request` and waits up to `timeout` for the answer; failures become ERRORs.
 pub fn call(request: &LocalRequest, timeout: Duration) -> LocalReply {
     let path = socket_path();
-    let mut stream = UnixStream::connect(&path).unwrap_or_else(|e| {
-        report(NodeError::new(ErrorKind::Unavailable, format!("the synapse raft worker of this node is not running ({e})"))
-            .hint("Check the server log; the worker starts after CREATE EXTENSION synapse and restarts after failures."))
-    });
+    let deadline = Instant::now() + timeout;
+    // Right after CREATE EXTENSION the worker needs a moment to open its socket: wait for
+    // it (interruptibly) rather than fail.
+    let mut stream = loop {
+        match UnixStream::connect(&path) {
+            Ok(stream) => break stream,
+            Err(e) if Instant::now() >= deadline || !matches!(e.kind(), IoKind::NotFound | IoKind::ConnectionRefused) => {
+                report(
+                    NodeError::new(ErrorKind::Unavailable, format!("the synapse raft worker of this node is not running ({e})"))
+                        .hint("Check the server log; the worker starts after CREATE EXTENSION synapse and restarts after failures."),
+                )
+            }
+            Err(_) => wait_latch(SOCKET_RETRY),
+        }
+    };
     let mut out = serde_json::to_vec(request).expect("serializable");
     out.push(b'\n');
     // The request is small: the socket buffer takes it whole.
@@ -40,7 +51,6 @@ pub fn call(request: &LocalRequest, timeout: Duration) -> LocalReply {
     });
     stream.set_nonblocking(true).expect("non-blocking socket");
 
-    let deadline = Instant::now() + timeout;
     let mut answer = Vec::new();
     let mut buf = [0u8; 8192];
     loop {
@@ -91,6 +101,24 @@ pub fn call(request: &LocalRequest, timeout: Duration) -> LocalReply {
             format!("bad answer from the raft worker: {e}"),
         )),
     }
+}
+
+/// How often a backend looks for the raft worker's socket while the worker starts.
+const SOCKET_RETRY: Duration = Duration::from_millis(100);
+
+/// Sleeps on the latch for `pause`, then processes interrupts (cancel, termination).
+fn wait_latch(pause: Duration) {
+    // SAFETY: waits on our own latch on the main thread.
+    unsafe {
+        pg_sys::WaitLatch(
+            pg_sys::MyLatch,
+            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+            pause.as_millis() as libc::c_long,
+            pg_sys::PG_WAIT_EXTENSION,
+        );
+        pg_sys::ResetLatch(pg_sys::MyLatch);
+    }
+    pg_sys::check_for_interrupts!();
 }
 
 /// Raises `e` as an ERROR with a SQLSTATE matching its kind.

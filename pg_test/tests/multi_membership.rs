@@ -1,0 +1,169 @@
+//! Membership changes while a client keeps writing: nodes are added one by one and two are
+//! removed (one by name, one by id); no acknowledged write may be lost, and the remaining
+//! members agree. Also: admitting a server without synapse is a clear error.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use synapse_pg_test::{wait_for, Cluster, PlainServer};
+
+fn members(cluster: &Cluster, node: usize) -> Vec<i64> {
+    let mut client = cluster.connect(node);
+    client
+        .query("SELECT id FROM synapse.nodes ORDER BY id", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+#[test]
+fn no_acknowledged_write_is_lost_while_membership_changes() {
+    let cluster = Arc::new(Cluster::up_with("membership", 4, 7840, &["--no-init"]));
+    let id: i64 = cluster
+        .connect(1)
+        .query_one("SELECT synapse.init_cluster('churn')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(id, 1);
+
+    // A writer acknowledges each setting it wrote successfully.
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::<i64>::new()));
+    let writer = {
+        let (cluster, stop, acked) = (cluster.clone(), stop.clone(), acked.clone());
+        std::thread::spawn(move || {
+            let mut client = cluster.connect(1);
+            let mut n = 0i64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let name = format!("churn.{n}");
+                if client
+                    .execute(
+                        "SELECT synapse.set_cluster_setting($1, $2)",
+                        &[&name, &n.to_string()],
+                    )
+                    .is_ok()
+                {
+                    acked.lock().unwrap().push(n);
+                }
+            }
+        })
+    };
+
+    let mut admin = cluster.connect(1);
+    for node in 2..=4 {
+        let port = cluster.pg_port(node) as i32;
+        let id: i64 = admin
+            .query_one("SELECT synapse.add_node('127.0.0.1', $1)", &[&port])
+            .unwrap()
+            .get(0);
+        assert_eq!(id, node as i64);
+    }
+    assert_eq!(members(&cluster, 4), vec![1, 2, 3, 4]);
+    // Duplicate add: a clear error, membership unchanged.
+    let port = cluster.pg_port(3) as i32;
+    let err = admin
+        .execute("SELECT synapse.add_node('127.0.0.1', $1)", &[&port])
+        .unwrap_err();
+    assert!(
+        err.as_db_error()
+            .unwrap()
+            .message()
+            .contains("already node 3"),
+        "{err:?}"
+    );
+
+    // Remove through another node, by name and by id.
+    let mut other = cluster.connect(3);
+    other
+        .execute("SELECT synapse.remove_node('node4')", &[])
+        .unwrap();
+    other
+        .execute("SELECT synapse.remove_node(2::bigint)", &[])
+        .unwrap();
+    assert_eq!(members(&cluster, 3), vec![1, 3]);
+    let voters: Vec<i64> = other
+        .query(
+            "SELECT id FROM synapse.nodes WHERE role = 'voter' ORDER BY id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(voters, vec![1, 3]);
+
+    wait_for(
+        "more writes after the changes",
+        Duration::from_secs(20),
+        || {
+            let before = acked.lock().unwrap().len();
+            (before > 50).then_some(())
+        },
+    );
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+
+    // Every acknowledged write is on both remaining members.
+    let acked = acked.lock().unwrap().clone();
+    for node in [1, 3] {
+        let mut client = cluster.connect(node);
+        client
+            .query_one("SELECT synapse.cluster_setting('churn.1')", &[])
+            .unwrap(); // read barrier
+        let stored: Vec<String> = client
+            .query(
+                "SELECT name FROM synapse.cluster_settings WHERE name LIKE 'churn.%'",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let stored: std::collections::HashSet<String> = stored.into_iter().collect();
+        let lost: Vec<&i64> = acked
+            .iter()
+            .filter(|n| !stored.contains(&format!("churn.{n}")))
+            .collect();
+        assert!(
+            lost.is_empty(),
+            "node {node} lost acknowledged writes {lost:?}"
+        );
+    }
+    println!(
+        "{} acknowledged writes survived the membership changes",
+        acked.len()
+    );
+}
+
+#[test]
+fn adding_a_server_without_synapse_is_a_clear_error() {
+    let cluster = Cluster::up("membership_plain", 1, 7900);
+    let plain = PlainServer::start("membership_plain_server", 7915, "");
+    let err = cluster
+        .connect(1)
+        .execute(
+            "SELECT synapse.add_node('127.0.0.1', $1)",
+            &[&(plain.port as i32)],
+        )
+        .unwrap_err();
+    let db = err.as_db_error().unwrap();
+    assert!(
+        db.message().contains("does not have the synapse extension"),
+        "{db:?}"
+    );
+    assert!(
+        db.hint().unwrap().contains("shared_preload_libraries"),
+        "{db:?}"
+    );
+    // An unreachable server.
+    let err = cluster
+        .connect(1)
+        .execute("SELECT synapse.add_node('127.0.0.1', 7929)", &[])
+        .unwrap_err();
+    let db = err.as_db_error().unwrap();
+    assert_eq!(db.code().code(), "08006", "{db:?}");
+    assert_eq!(members(&cluster, 1), vec![1]);
+}
