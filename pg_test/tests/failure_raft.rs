@@ -226,3 +226,88 @@ fn a_frozen_leader_cannot_commit_and_rejoins_as_follower() {
         || (local_value(&cluster, leader)? == "majority").then_some(()),
     );
 }
+
+#[test]
+fn a_restart_after_ten_thousand_entries_replays_from_a_snapshot() {
+    let cluster = std::sync::Arc::new(Cluster::up("raft_restart_10k", 3, 7960));
+    let mut log = LeaderLog::default();
+    let leader = agreed_leader(&cluster, &mut log, &[1, 2, 3], Duration::from_secs(30));
+    let writers: Vec<_> = (0..16)
+        .map(|t| {
+            let cluster = cluster.clone();
+            std::thread::spawn(move || {
+                let mut client = cluster.connect(leader);
+                for i in 0..625 {
+                    let name = format!("bulk.{}", (t * 625 + i) % 100);
+                    client
+                        .execute(
+                            "SELECT synapse.set_cluster_setting($1, $2)",
+                            &[&name, &i.to_string()],
+                        )
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    let follower = (1..=3).find(|&n| n != leader).unwrap();
+    let commit: i64 = cluster
+        .connect(leader)
+        .query_one("SELECT commit_index FROM synapse.raft_status()", &[])
+        .unwrap()
+        .get(0);
+    assert!(commit >= 10_000, "only {commit} entries");
+    let raft_dir = cluster
+        .dir
+        .join(format!("node{follower}/data/synapse/raft"));
+    wait_for("the follower to snapshot", Duration::from_secs(10), || {
+        raft_dir
+            .join("snapshot/snapshot.json")
+            .exists()
+            .then_some(())
+    });
+
+    let out = cluster.script(&["stop", &follower.to_string()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let restarted = Instant::now();
+    let out = cluster.script(&["start", &follower.to_string()]);
+    assert!(out.status.success(), "{}", text(&out));
+    wait_for(
+        "the restarted follower to catch up",
+        Duration::from_secs(60),
+        || {
+            let mut client = postgres::Client::connect(
+                &format!(
+                    "host=127.0.0.1 port={} user=postgres dbname=postgres",
+                    cluster.pg_port(follower)
+                ),
+                postgres::NoTls,
+            )
+            .ok()?;
+            let applied: Option<i64> = client
+                .query_one("SELECT applied_index FROM synapse.raft_status()", &[])
+                .ok()?
+                .get(0);
+            (applied? >= commit).then_some(())
+        },
+    );
+    let took = restarted.elapsed();
+    println!("follower restarted and caught up with {commit} entries in {took:?}");
+    assert!(took < Duration::from_secs(20), "restart took {took:?}");
+    // The restarted node's catalog equals the leader's.
+    let settings = |node: usize| -> Vec<(String, String)> {
+        cluster
+            .connect(node)
+            .query(
+                "SELECT name, value FROM synapse.cluster_settings ORDER BY name",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+    };
+    assert_eq!(settings(follower), settings(leader));
+}

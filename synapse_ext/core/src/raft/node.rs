@@ -179,7 +179,7 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
         .validate()
         .map_err(io::Error::other)?;
         let log = FileLogStore::open(s.dir.join("log"))?;
-        let sm = CatalogStateMachine::open(s.dir.join("snapshot"), state, sink)?;
+        let sm = CatalogStateMachine::open(s.dir.join("snapshot"), state, sink).await?;
         let raft = Raft::new(id, Arc::new(config), Network, log.clone(), sm.clone())
             .await
             .map_err(io::Error::other)?;

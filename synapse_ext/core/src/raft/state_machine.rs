@@ -92,15 +92,33 @@ impl<S> Clone for CatalogStateMachine<S> {
 
 impl<S: CatalogSink> CatalogStateMachine<S> {
     /// Starts from `state` (what the sink holds) and the snapshot file in `dir`, if any.
-    pub fn open(dir: impl Into<PathBuf>, state: CatalogState, sink: S) -> io::Result<Self> {
+    ///
+    /// The sink may lag behind the snapshot (it commits asynchronously: the Raft log, not
+    /// the sink, is the durable record). When the snapshot is newer, the sink is brought
+    /// up to it first, so the log entries Raft replays always follow the sink's state.
+    pub async fn open(
+        dir: impl Into<PathBuf>,
+        mut state: CatalogState,
+        sink: S,
+    ) -> io::Result<Self> {
         let dir = dir.into();
         std::fs::create_dir_all(&dir)?;
         let snapshot_path = dir.join("snapshot.json");
-        let snapshot = match std::fs::read(&snapshot_path) {
+        let snapshot: Option<StoredSnapshot> = match std::fs::read(&snapshot_path) {
             Ok(bytes) => Some(serde_json::from_slice(&bytes).map_err(io::Error::other)?),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(e),
         };
+        if let Some(snap) = &snapshot {
+            if snap.meta.last_log_id > state.last_applied {
+                let mut newer: CatalogState =
+                    serde_json::from_slice(&snap.data).map_err(io::Error::other)?;
+                newer.last_applied = snap.meta.last_log_id;
+                newer.membership = snap.meta.last_membership.clone();
+                sink.replace(newer.clone()).await?;
+                state = newer;
+            }
+        }
         Ok(CatalogStateMachine {
             inner: Arc::new(Mutex::new(Inner {
                 state,
@@ -269,6 +287,7 @@ mod tests {
             let _ = std::fs::remove_dir_all(&dir);
             let log = FileLogStore::open(dir.join("log")).map_err(|e| StorageIOError::write(&e))?;
             let sm = CatalogStateMachine::open(dir.join("sm"), CatalogState::default(), MemorySink)
+                .await
                 .map_err(|e| StorageIOError::write(&e))?;
             Ok(((), log, sm))
         }
