@@ -8,8 +8,13 @@ use std::time::Duration;
 
 use synapse_pg_test::{wait_for, Cluster, PlainServer};
 
+/// The members as `node` sees them after a read barrier (so it has applied every change
+/// committed before the call).
 fn members(cluster: &Cluster, node: usize) -> Vec<i64> {
     let mut client = cluster.connect(node);
+    client
+        .query_one("SELECT synapse.cluster_setting('barrier')", &[])
+        .unwrap();
     client
         .query("SELECT id FROM synapse.nodes ORDER BY id", &[])
         .unwrap()

@@ -20,17 +20,16 @@ const RESTART_DELAY: Duration = Duration::from_secs(1);
 
 /// Registers every worker with the postmaster. Called once from `_PG_init`.
 pub fn register() {
-    BackgroundWorkerBuilder::new(WorkerKind::Supervisor.name())
-        .set_type(WorkerKind::Supervisor.name())
+    load(WorkerKind::Supervisor, "synapse_supervisor_main");
+    load(WorkerKind::Raft, "synapse_raft_main");
+}
+
+/// Registers one worker whose entry point is the exported function `main`.
+fn load(kind: WorkerKind, main: &str) {
+    BackgroundWorkerBuilder::new(kind.name())
+        .set_type(kind.name())
         .set_library("synapse")
-        .set_function("synapse_supervisor_main")
-        .enable_spi_access()
-        .set_restart_time(Some(RESTART_DELAY))
-        .load();
-    BackgroundWorkerBuilder::new(WorkerKind::Raft.name())
-        .set_type(WorkerKind::Raft.name())
-        .set_library("synapse")
-        .set_function("synapse_raft_main")
+        .set_function(main)
         .enable_spi_access()
         .set_restart_time(Some(RESTART_DELAY))
         .load();

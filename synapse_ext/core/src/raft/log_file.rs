@@ -52,6 +52,14 @@ pub struct LogFile {
     end: u64,
 }
 
+/// Appends one frame (`[index][len][crc32][payload]`) to `buf`.
+fn encode_frame(buf: &mut Vec<u8>, index: u64, payload: &[u8]) {
+    buf.extend_from_slice(&index.to_le_bytes());
+    buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    buf.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    buf.extend_from_slice(payload);
+}
+
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> LogFileError + '_ {
     move |source| LogFileError::Io {
         path: path.to_owned(),
@@ -165,10 +173,7 @@ impl LogFile {
                     return Err(LogFileError::Gap { last, got: index });
                 }
             }
-            buf.extend_from_slice(&index.to_le_bytes());
-            buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-            buf.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
-            buf.extend_from_slice(payload);
+            encode_frame(&mut buf, index, payload);
             new_slots.push(Slot {
                 index,
                 offset,
@@ -253,10 +258,7 @@ impl LogFile {
             let mut fresh = File::create(&tmp).map_err(io_err(&tmp))?;
             let mut buf = Vec::new();
             for (index, payload) in &live {
-                buf.extend_from_slice(&index.to_le_bytes());
-                buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-                buf.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
-                buf.extend_from_slice(payload);
+                encode_frame(&mut buf, *index, payload);
             }
             fresh.write_all(&buf).map_err(io_err(&tmp))?;
             fresh.sync_all().map_err(io_err(&tmp))?;
