@@ -77,7 +77,7 @@ impl SupervisorNet {
             settings: settings_rx,
             started: Instant::now(),
         };
-        let thread = NetThread::spawn("synapse-net", run(http_addr, state))?;
+        let thread = NetThread::spawn("synapse-net", 1, run(http_addr, state))?;
         Ok(SupervisorNet {
             thread,
             settings: settings_tx,

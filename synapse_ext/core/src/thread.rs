@@ -57,8 +57,9 @@ pub fn signal_blocked(signal: libc::c_int) -> bool {
     }
 }
 
-/// A helper thread running one tokio runtime (current-thread) with signals blocked, until
-/// its future ends or [`NetThread::stop`] is called.
+/// A helper thread running one tokio runtime with signals blocked, until its future ends or
+/// [`NetThread::stop`] is called. The runtime's own worker threads are started from this
+/// thread and inherit its fully blocked signal mask.
 pub struct NetThread {
     thread: Option<JoinHandle<()>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -66,18 +67,23 @@ pub struct NetThread {
 }
 
 impl NetThread {
-    /// Starts thread `name` running `work` on a fresh runtime.
-    pub fn spawn<F>(name: &str, work: F) -> io::Result<NetThread>
+    /// Starts thread `name` running `work` on a fresh runtime with `workers` threads
+    /// (1: everything on this one thread).
+    pub fn spawn<F>(name: &str, workers: usize, work: F) -> io::Result<NetThread>
     where
         F: std::future::Future<Output = ()> + Send + 'static,
     {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (done_tx, done_rx) = crossbeam_channel::bounded(1);
         let thread = spawn_with_signals_blocked(name, move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("tokio runtime");
+            let mut builder = if workers > 1 {
+                let mut b = tokio::runtime::Builder::new_multi_thread();
+                b.worker_threads(workers);
+                b
+            } else {
+                tokio::runtime::Builder::new_current_thread()
+            };
+            let runtime = builder.enable_all().build().expect("tokio runtime");
             runtime.block_on(async move {
                 tokio::select! {
                     _ = stop_rx => {}

@@ -26,6 +26,10 @@ pub enum RaftMainRequest {
 
 pub type RaftMailbox = Mailbox<RaftMainRequest, Result<(), String>>;
 
+/// Runtime threads of the raft worker: log fsyncs on one do not stall replication and
+/// requests on the other.
+const RUNTIME_WORKERS: usize = 2;
+
 /// How long applying a batch may take on the main thread before Raft gives up (fatal).
 const APPLY_DEADLINE: Duration = Duration::from_secs(120);
 
@@ -64,7 +68,7 @@ pub fn start(
     socket: PathBuf,
     mailbox: RaftMailbox,
 ) -> io::Result<NetThread> {
-    NetThread::spawn("synapse-raft", async move {
+    NetThread::spawn("synapse-raft", RUNTIME_WORKERS, async move {
         let listen = settings.listen;
         let node = match RaftNode::open(settings, MailboxSink(mailbox.clone()), state, probe).await
         {
