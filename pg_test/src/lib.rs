@@ -58,7 +58,12 @@ impl Cluster {
         let mut args = vec!["up", "-n", n.as_str()];
         args.extend_from_slice(extra);
         let out = cluster.script(&args);
-        assert!(out.status.success(), "cluster up failed:\n{}", text(&out));
+        assert!(
+            out.status.success(),
+            "cluster up ({}) failed:\n{}",
+            repo_root().display(),
+            text(&out)
+        );
         cluster
     }
 

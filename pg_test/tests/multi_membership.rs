@@ -172,3 +172,43 @@ fn adding_a_server_without_synapse_is_a_clear_error() {
     assert_eq!(db.code().code(), "08006", "{db:?}");
     assert_eq!(members(&cluster, 1), vec![1]);
 }
+
+#[test]
+fn nodes_beyond_max_voters_join_as_learners() {
+    let cluster = Cluster::up_with(
+        "membership_learners",
+        3,
+        7930,
+        &["--conf", "synapse.max_voters = 2"],
+    );
+    let roles: Vec<(i64, String)> = cluster
+        .connect(1)
+        .query("SELECT id, role FROM synapse.nodes ORDER BY id", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        roles,
+        vec![
+            (1, "voter".into()),
+            (2, "voter".into()),
+            (3, "learner".into())
+        ]
+    );
+    let mut learner = cluster.connect(3);
+    let role: String = learner
+        .query_one("SELECT role FROM synapse.raft_status()", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(role, "learner");
+    // A learner forwards writes to the leader and reads its own write.
+    learner
+        .execute("SELECT synapse.set_cluster_setting('learner.k', 'v')", &[])
+        .unwrap();
+    let v: Option<String> = learner
+        .query_one("SELECT synapse.cluster_setting('learner.k')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(v.as_deref(), Some("v"));
+}
