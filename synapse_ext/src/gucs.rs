@@ -237,6 +237,16 @@ pub fn listen_address() -> String {
     string_of(&LISTEN_ADDRESS)
 }
 
+/// `synapse.listen_address` as an IP address; an ERROR names the setting when it is not one.
+pub fn listen_ip() -> std::net::IpAddr {
+    let address = listen_address();
+    address.parse().unwrap_or_else(|_| {
+        pgrx::error!(
+            "invalid synapse.listen_address \"{address}\": expected an IP address such as 127.0.0.1 or 0.0.0.0"
+        )
+    })
+}
+
 pub fn http_port() -> u16 {
     HTTP_PORT.get() as u16
 }

@@ -185,10 +185,7 @@ fn cluster_setting(name: &str) -> Option<String> {
 /// `synapse.node_info()`: how this node describes itself to a leader admitting it.
 #[pg_extern(volatile)]
 fn node_info() -> pgrx::JsonB {
-    let status = match call(
-        &LocalRequest::Status,
-        Duration::from_millis(gucs::raft_timeout_ms()),
-    ) {
+    let status = match ask(LocalRequest::Status) {
         LocalReply::Status(s) => s,
         _ => Default::default(),
     };

@@ -2,7 +2,7 @@
 //! start, hands it to the Raft runtime on the network thread, and then writes every
 //! applied batch (row changes plus the applied log id) in one transaction.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -214,10 +214,8 @@ fn data_dir() -> PathBuf {
 
 fn settings(dir: &std::path::Path) -> RaftSettings {
     let (min, max) = gucs::election_timeout_ms();
-    let address = gucs::listen_address();
-    let ip: IpAddr = address.parse().unwrap_or_else(|_| {
-        error!("invalid synapse.listen_address \"{address}\": expected an IP address such as 127.0.0.1")
-    });
+    let ip = gucs::listen_ip();
+    let address = ip.to_string();
     // SAFETY: PostPortNumber is set by the postmaster before any worker starts.
     let pg_port = unsafe { pg_sys::PostPortNumber } as u16;
     RaftSettings {

@@ -4,7 +4,7 @@
 //! The loop sleeps in one `WaitEventSet` on the latch (signals), postmaster death and the
 //! mailbox's eventfd (requests), so it wakes for exactly the events it must handle.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use pgrx::bgworkers::BackgroundWorker;
@@ -110,13 +110,7 @@ fn http_address() -> Option<SocketAddr> {
     if port == 0 {
         return None;
     }
-    let address = gucs::listen_address();
-    let ip: IpAddr = address.parse().unwrap_or_else(|_| {
-        error!(
-            "invalid synapse.listen_address \"{address}\": expected an IP address such as 127.0.0.1 or 0.0.0.0"
-        )
-    });
-    Some(SocketAddr::new(ip, port))
+    Some(SocketAddr::new(gucs::listen_ip(), port))
 }
 
 fn describe(addr: Option<SocketAddr>) -> String {

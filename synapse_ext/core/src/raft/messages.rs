@@ -102,13 +102,9 @@ pub enum PeerRequest {
     TransferLeadership { node: String },
     /// From the leader to a joining node: this is your id in cluster `cluster_id`.
     Join { node_id: NodeId, cluster_id: String },
-    /// From the leader to anyone: describe yourself (used before admitting a node).
-    Describe,
-    /// From the leader to the target of a leadership transfer: start an election now.
-    Elect,
 }
 
-/// What a node says about itself in answer to [`PeerRequest::Describe`].
+/// What a node says about itself (`synapse.node_info()`) before a leader admits it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeDescription {
     pub addr: NodeAddr,
@@ -126,7 +122,6 @@ pub enum PeerReply {
     },
     ReadIndex(u64),
     NodeId(NodeId),
-    Description(NodeDescription),
     Done,
     /// Not the leader; the leader's id and RPC address when known.
     NotLeader {

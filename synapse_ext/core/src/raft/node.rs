@@ -372,20 +372,6 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
                 node_id,
                 cluster_id,
             } => self.join(node_id, cluster_id).await,
-            PeerRequest::Describe => Err(failed(
-                ErrorKind::InvalidRequest,
-                "describe is answered over SQL",
-            )),
-            PeerRequest::Elect => match self.running() {
-                Ok(r) => r
-                    .raft
-                    .trigger()
-                    .elect()
-                    .await
-                    .map(|()| PeerReply::Done)
-                    .map_err(internal),
-                Err(e) => Err(e),
-            },
             leader_only => match self.running() {
                 Err(e) => Err(e),
                 Ok(running) => {
