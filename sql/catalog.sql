@@ -14,7 +14,8 @@ CREATE TABLE synapse.cluster_catalog (
     singleton bool PRIMARY KEY DEFAULT true CHECK (singleton),
     cluster_id text NOT NULL,
     name text NOT NULL,
-    created_at_unix_ms bigint NOT NULL
+    created_at_unix_ms bigint NOT NULL,
+    last_node_id bigint NOT NULL DEFAULT 0
 );
 
 CREATE TABLE synapse.node_catalog (

@@ -212,3 +212,113 @@ fn nodes_beyond_max_voters_join_as_learners() {
         .get(0);
     assert_eq!(v.as_deref(), Some("v"));
 }
+
+fn leader_seen_by(cluster: &Cluster, node: usize) -> Option<i64> {
+    cluster
+        .connect(node)
+        .query_one("SELECT leader_id FROM synapse.raft_status()", &[])
+        .unwrap()
+        .get(0)
+}
+
+fn role_of(cluster: &Cluster, node: usize) -> String {
+    cluster
+        .connect(node)
+        .query_one("SELECT role FROM synapse.raft_status()", &[])
+        .unwrap()
+        .get(0)
+}
+
+#[test]
+fn leadership_moves_on_request_and_removed_nodes_can_come_back() {
+    let cluster = Cluster::up("membership_transfer", 3, 8010);
+    assert_eq!(leader_seen_by(&cluster, 1), Some(1));
+
+    // Asked through node 2, leadership moves to node 3; the call returns once node 2 knows.
+    let started = std::time::Instant::now();
+    cluster
+        .connect(2)
+        .execute("SELECT synapse.transfer_leadership('node3')", &[])
+        .unwrap();
+    println!(
+        "leadership moved from node 1 to node 3 in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(leader_seen_by(&cluster, 2), Some(3));
+    assert_eq!(role_of(&cluster, 3), "leader");
+    cluster
+        .connect(1)
+        .execute(
+            "SELECT synapse.set_cluster_setting('after.transfer', '1')",
+            &[],
+        )
+        .unwrap();
+    // By id, to the leader itself: nothing to do. To a stranger: a clear error.
+    cluster
+        .connect(1)
+        .execute("SELECT synapse.transfer_leadership(3::bigint)", &[])
+        .unwrap();
+    let err = cluster
+        .connect(1)
+        .execute("SELECT synapse.transfer_leadership('node9')", &[])
+        .unwrap_err();
+    let db = err.as_db_error().unwrap();
+    assert!(db.message().contains("not a member"), "{db:?}");
+    assert_eq!(db.code().code(), "22023", "{db:?}");
+
+    // Removing the leader: it hands over, is removed, and forgets the cluster.
+    cluster
+        .connect(1)
+        .execute("SELECT synapse.remove_node('node3')", &[])
+        .unwrap();
+    assert_eq!(members(&cluster, 1), vec![1, 2]);
+    wait_for(
+        "node 3 to leave its cluster",
+        Duration::from_secs(20),
+        || {
+            let mut client = cluster.connect(3);
+            let role: String = client
+                .query_one("SELECT role FROM synapse.raft_status()", &[])
+                .ok()?
+                .get(0);
+            let rows = client.query("SELECT 1 FROM synapse.nodes", &[]).ok()?;
+            (role == "none" && rows.is_empty()).then_some(())
+        },
+    );
+
+    // Node 3 comes back with a new id: ids of removed nodes are never given again.
+    let mut admin = cluster.connect(1);
+    let add = |admin: &mut postgres::Client, node: usize| -> i64 {
+        let port = cluster.pg_port(node) as i32;
+        admin
+            .query_one("SELECT synapse.add_node('127.0.0.1', $1)", &[&port])
+            .unwrap()
+            .get(0)
+    };
+    assert_eq!(add(&mut admin, 3), 4);
+    assert_eq!(members(&cluster, 3), vec![1, 2, 4]);
+    let v: Option<String> = cluster
+        .connect(3)
+        .query_one("SELECT synapse.cluster_setting('after.transfer')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(v.as_deref(), Some("1"));
+
+    // Node 2 is removed while it is down: it misses the news, and is told when it is added
+    // again.
+    let out = cluster.script(&["stop", "2"]);
+    assert!(out.status.success(), "{}", synapse_pg_test::text(&out));
+    admin
+        .execute("SELECT synapse.remove_node('node2')", &[])
+        .unwrap();
+    let out = cluster.script(&["start", "2"]);
+    assert!(out.status.success(), "{}", synapse_pg_test::text(&out));
+    let stale: Option<i64> = cluster
+        .connect(2)
+        .query_one("SELECT node_id FROM synapse.raft_status()", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(stale, Some(2), "node 2 still thinks it is a member");
+    assert_eq!(add(&mut admin, 2), 5);
+    assert_eq!(members(&cluster, 2), vec![1, 4, 5]);
+}

@@ -210,3 +210,115 @@ async fn three_nodes_agree_and_survive_the_loss_of_their_leader() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Starts `n` nodes and forms a cluster of them through `init_cluster` and `add_node`.
+async fn form(dir: &std::path::Path, n: usize) -> (Vec<Member>, Directory) {
+    let _ = std::fs::remove_dir_all(dir);
+    let directory = Directory::default();
+    let mut members = vec![];
+    for i in 1..=n {
+        members.push(start(&format!("n{i}"), dir, &directory).await);
+    }
+    let init = members[0]
+        .node
+        .handle_local(LocalRequest::InitCluster {
+            name: "test".into(),
+        })
+        .await;
+    assert_eq!(init, LocalReply::NodeId(1));
+    for m in &members[1..] {
+        let reply = members[0]
+            .node
+            .handle_local(LocalRequest::AddNode {
+                host: "127.0.0.1".into(),
+                port: pg_port(&directory, &m.node),
+            })
+            .await;
+        assert!(matches!(reply, LocalReply::NodeId(_)), "{reply:?}");
+    }
+    (members, directory)
+}
+
+fn pg_port(directory: &Directory, node: &Node) -> u16 {
+    let name = node.settings().addr.name.clone();
+    directory
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(_, a)| a.name == name)
+        .map(|(p, _)| *p)
+        .unwrap()
+}
+
+fn transfer(node: &str) -> LocalRequest {
+    LocalRequest::TransferLeadership { node: node.into() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_moves_on_request_and_a_removed_leader_hands_over_and_leaves() {
+    let dir = std::env::temp_dir().join(format!("synapse-raft-transfer-{}", std::process::id()));
+    let (members, _directory) = form(&dir, 3).await;
+    let leader_of = |i: usize| members[i].node.status().leader_id;
+
+    // Asked through a follower, leadership moves to n3; everyone agrees, writes go on.
+    assert_eq!(leader_of(1), Some(1));
+    assert_eq!(
+        members[1].node.handle_local(transfer("n3")).await,
+        LocalReply::Done
+    );
+    assert_eq!(leader_of(1), Some(3));
+    assert_eq!(members[2].node.status().role, "leader");
+    assert_eq!(
+        set(&members[0].node, "k", "1").await,
+        LocalReply::Applied(CommandResult::Done)
+    );
+    for m in &members {
+        assert_eq!(m.node.status().leader_id, Some(3));
+    }
+    // To the leader itself: nothing to do. To a stranger: a clear error.
+    assert_eq!(
+        members[0].node.handle_local(transfer("3")).await,
+        LocalReply::Done
+    );
+    let unknown = members[0].node.handle_local(transfer("n9")).await;
+    assert!(
+        matches!(
+            unknown,
+            LocalReply::Failed(NodeError {
+                kind: ErrorKind::InvalidRequest,
+                ..
+            })
+        ),
+        "{unknown:?}"
+    );
+
+    // Removing the leader: it hands leadership over first, then is removed and leaves.
+    let removed = members[0]
+        .node
+        .handle_local(LocalRequest::RemoveNode { node: "n3".into() })
+        .await;
+    assert_eq!(removed, LocalReply::Done);
+    tokio::time::timeout(Duration::from_secs(10), members[2].node.left())
+        .await
+        .expect("the removed node was told to leave");
+    assert_eq!(members[2].node.identity().unwrap(), None);
+    assert_eq!(
+        set(&members[1].node, "k", "2").await,
+        LocalReply::Applied(CommandResult::Done)
+    );
+    assert_eq!(
+        members[0]
+            .node
+            .handle_local(LocalRequest::ReadBarrier)
+            .await,
+        LocalReply::Done
+    );
+    let state = members[0].node.catalog_state().unwrap();
+    assert_eq!(
+        state.catalog.nodes.keys().copied().collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    assert_eq!(state.catalog.settings["k"].value, "2");
+    let _ = std::fs::remove_dir_all(&dir);
+}

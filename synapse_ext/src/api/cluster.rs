@@ -97,11 +97,21 @@ fn remove_node_by_id(node: i64) {
     });
 }
 
-/// `synapse.transfer_leadership(node)`: makes `node` (id or name) the Raft leader.
-#[pg_extern(volatile)]
-fn transfer_leadership(node: &str) {
+/// `synapse.transfer_leadership(node)`: makes the voter `node` (by name) the Raft leader;
+/// returns once this node has heard from it as leader.
+#[pg_extern(volatile, name = "transfer_leadership")]
+fn transfer_leadership_by_name(node: &str) {
+    check_name("the node", node);
     ask(LocalRequest::TransferLeadership {
         node: node.to_owned(),
+    });
+}
+
+/// `synapse.transfer_leadership(node)`: the same, by node id.
+#[pg_extern(volatile, name = "transfer_leadership")]
+fn transfer_leadership_by_id(node: i64) {
+    ask(LocalRequest::TransferLeadership {
+        node: node.to_string(),
     });
 }
 

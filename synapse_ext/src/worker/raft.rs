@@ -68,7 +68,19 @@ pub extern "C-unwind" fn synapse_raft_main(_arg: pg_sys::Datum) {
         if signals::take_reload_request() {
             signals::reload_config();
         }
-        inbox.drain(handle);
+        let mut restart = None;
+        inbox.drain(|envelope| {
+            if let RaftMainRequest::Restart(why) = &envelope.request {
+                restart = Some(why.clone());
+            }
+            handle(envelope)
+        });
+        if let Some(why) = restart {
+            log!("{why}");
+            let _ = net.stop(Duration::from_millis(500));
+            // Exit code 1: the postmaster starts the worker again after its restart delay.
+            unsafe { pg_sys::proc_exit(1) };
+        }
         if net.is_finished() {
             // The Raft runtime stopped (it logged why): restart the worker to retry.
             error!("synapse raft: the Raft runtime stopped; restarting");
@@ -101,6 +113,7 @@ fn handle(envelope: Envelope<RaftMainRequest, Result<(), String>>) {
             let state = state.clone();
             in_transaction(move || replace(&state)).and_then(|r| r)
         }
+        RaftMainRequest::Restart(_) => Ok(()),
         RaftMainRequest::Log(level, message) => {
             match level {
                 LogLevel::Log => log!("{message}"),
@@ -122,7 +135,7 @@ fn run(sql: &str, arg: &str) -> Result<(), String> {
 const UPSERT_CLUSTER: &str = "INSERT INTO synapse.cluster_catalog \
      SELECT * FROM jsonb_populate_record(NULL::synapse.cluster_catalog, $1::jsonb || '{\"singleton\": true}') \
      ON CONFLICT (singleton) DO UPDATE SET cluster_id = EXCLUDED.cluster_id, name = EXCLUDED.name, \
-     created_at_unix_ms = EXCLUDED.created_at_unix_ms";
+     created_at_unix_ms = EXCLUDED.created_at_unix_ms, last_node_id = EXCLUDED.last_node_id";
 const UPSERT_NODE: &str = "INSERT INTO synapse.node_catalog \
      SELECT * FROM jsonb_populate_record(NULL::synapse.node_catalog, $1::jsonb) \
      ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, host = EXCLUDED.host, port = EXCLUDED.port, \

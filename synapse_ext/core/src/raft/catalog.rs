@@ -17,6 +17,10 @@ pub struct ClusterInfo {
     pub cluster_id: String,
     pub name: String,
     pub created_at_unix_ms: i64,
+    /// The highest node id ever given: ids of removed nodes are never given again, so no
+    /// message for a removed node can reach its successor.
+    #[serde(default)]
+    pub last_node_id: NodeId,
 }
 
 /// A member node.
@@ -74,6 +78,7 @@ impl Catalog {
                     cluster_id: cluster_id.clone(),
                     name: name.clone(),
                     created_at_unix_ms: *at_unix_ms,
+                    last_node_id: 0,
                 };
                 self.cluster = Some(info.clone());
                 (CommandResult::Done, vec![CatalogChange::SetCluster(info)])
@@ -113,7 +118,12 @@ impl Catalog {
                     joined_at_unix_ms,
                 };
                 self.nodes.insert(*id, record.clone());
-                (CommandResult::Done, vec![CatalogChange::UpsertNode(record)])
+                let mut changes = vec![CatalogChange::UpsertNode(record)];
+                if let Some(cluster) = self.cluster.as_mut().filter(|c| c.last_node_id < *id) {
+                    cluster.last_node_id = *id;
+                    changes.push(CatalogChange::SetCluster(cluster.clone()));
+                }
+                (CommandResult::Done, changes)
             }
             Command::RemoveNode { id } => {
                 if self.nodes.remove(id).is_none() {
@@ -269,5 +279,28 @@ mod tests {
         };
         assert_eq!(c.apply(1, &init).0, CommandResult::Done);
         assert!(matches!(c.apply(2, &init).0, CommandResult::Refused(_)));
+    }
+
+    #[test]
+    fn the_highest_node_id_is_remembered_after_removal() {
+        let mut c = Catalog::default();
+        let init = Command::InitCluster {
+            cluster_id: "c".into(),
+            name: "n".into(),
+            at_unix_ms: 0,
+        };
+        c.apply(1, &init);
+        let up = |id| Command::UpsertNode {
+            id,
+            addr: addr(&format!("n{id}"), 5000 + id as u16),
+            role: Role::Voter,
+            at_unix_ms: 0,
+        };
+        let (_, changes) = c.apply(2, &up(3));
+        assert_eq!(changes.len(), 2, "{changes:?}");
+        c.apply(3, &Command::RemoveNode { id: 3 });
+        let (_, changes) = c.apply(4, &up(2));
+        assert_eq!(changes.len(), 1, "a lower id leaves the mark alone");
+        assert_eq!(c.cluster.unwrap().last_node_id, 3);
     }
 }

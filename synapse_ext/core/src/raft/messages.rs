@@ -102,6 +102,12 @@ pub enum PeerRequest {
     TransferLeadership { node: String },
     /// From the leader to a joining node: this is your id in cluster `cluster_id`.
     Join { node_id: NodeId, cluster_id: String },
+    /// From the leader handing over leadership: start an election now (the leader has let
+    /// its lease run out, and this node's log is as long as the leader's).
+    StartElection,
+    /// From the leader to a node removed from the membership: forget the cluster (its log,
+    /// identity and catalog) so that it can be added again later.
+    Leave { node_id: NodeId, cluster_id: String },
 }
 
 /// What a node says about itself (`synapse.node_info()`) before a leader admits it.

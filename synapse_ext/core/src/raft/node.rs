@@ -94,8 +94,15 @@ struct Shared<S, P> {
     /// The sink and the catalog state it holds, until Raft starts with them.
     pending: Mutex<Option<(S, CatalogState)>>,
     running: OnceCell<Running<S>>,
-    /// Serialises membership changes started on this node.
+    /// Serialises membership changes and leadership transfers started on this node.
     membership: tokio::sync::Mutex<()>,
+    /// Writes and read indexes hold it shared; a leadership transfer holds it exclusively,
+    /// because every message from the leader renews the lease it is waiting to run out.
+    leading: tokio::sync::RwLock<()>,
+    /// Requests from this node's backends hold it shared while they run.
+    local: tokio::sync::RwLock<()>,
+    /// Becomes true once this node has left its cluster (the worker then restarts).
+    left: tokio::sync::watch::Sender<bool>,
 }
 
 fn failed(kind: ErrorKind, message: impl Into<String>) -> NodeError {
@@ -132,6 +139,9 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
                 pending: Mutex::new(Some((sink, state))),
                 running: OnceCell::new(),
                 membership: tokio::sync::Mutex::new(()),
+                leading: tokio::sync::RwLock::new(()),
+                local: tokio::sync::RwLock::new(()),
+                left: tokio::sync::watch::channel(false).0,
             }),
         };
         if let Some(identity) = node.identity()? {
@@ -194,9 +204,22 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
         })
     }
 
+    /// The settings this runtime was opened with.
+    pub fn settings(&self) -> &RaftSettings {
+        &self.shared.settings
+    }
+
     /// The Raft handle, once started (for the gRPC service).
     pub fn raft(&self) -> Option<Raft<TypeConfig>> {
         self.shared.running.get().map(|r| r.raft.clone())
+    }
+
+    /// Completes once this node has left its cluster (see [`PeerRequest::Leave`]) and no
+    /// request from its backends is still running; the runtime should then stop.
+    pub async fn left(&self) {
+        let mut left = self.shared.left.subscribe();
+        let _ = left.wait_for(|l| *l).await;
+        let _idle = self.shared.local.write().await;
     }
 
     /// The current catalog of this node.
@@ -206,6 +229,7 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
 
     /// Answers a request from one of this node's backends.
     pub async fn handle_local(&self, request: LocalRequest) -> LocalReply {
+        let _running = self.shared.local.read().await;
         let timeout = self.shared.settings.raft_timeout;
         let work = async {
             match request {
@@ -229,10 +253,19 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
                     .on_leader(PeerRequest::RemoveNode { node })
                     .await
                     .map(|_| LocalReply::Done),
-                LocalRequest::TransferLeadership { node } => self
-                    .on_leader(PeerRequest::TransferLeadership { node })
-                    .await
-                    .map(|_| LocalReply::Done),
+                LocalRequest::TransferLeadership { node } => {
+                    match self
+                        .on_leader(PeerRequest::TransferLeadership { node })
+                        .await
+                    {
+                        Ok(PeerReply::NodeId(leader)) => self
+                            .wait_for_leader(leader)
+                            .await
+                            .map(|()| LocalReply::Done),
+                        Ok(other) => Err(unexpected(other)),
+                        Err(e) => Err(e),
+                    }
+                }
             }
         };
         match tokio::time::timeout(timeout, work).await {
@@ -372,6 +405,11 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
                 node_id,
                 cluster_id,
             } => self.join(node_id, cluster_id).await,
+            PeerRequest::StartElection => self.start_election().await,
+            PeerRequest::Leave {
+                node_id,
+                cluster_id,
+            } => self.leave(node_id, cluster_id).await,
             leader_only => match self.running() {
                 Err(e) => Err(e),
                 Ok(running) => {
@@ -394,6 +432,13 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
         running: &Running<S>,
         request: PeerRequest,
     ) -> Result<PeerReply, NodeError> {
+        // A leadership transfer waits for these to finish, and they for it.
+        let _leading = match request {
+            PeerRequest::Propose(_) | PeerRequest::ReadIndex => {
+                Some(self.shared.leading.read().await)
+            }
+            _ => None,
+        };
         match request {
             PeerRequest::Propose(command) => match running.raft.client_write(command).await {
                 Ok(response) => Ok(PeerReply::Applied {
@@ -419,16 +464,26 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
                 .add_node(running, host, port)
                 .await
                 .map(PeerReply::NodeId),
-            PeerRequest::RemoveNode { node } => self
-                .remove_node(running, &node)
-                .await
-                .map(|()| PeerReply::Done),
-            PeerRequest::TransferLeadership { node } => {
+            PeerRequest::RemoveNode { node } => {
                 let id = self.resolve(running, &node)?;
-                Err(failed(
-                    ErrorKind::WrongState,
-                    format!("leadership transfer to node {id} is not available in this version"),
-                ))
+                if id == running.id {
+                    // A leader cannot see its own removal through: hand leadership over
+                    // first, then the caller retries on the new leader.
+                    let _serial = self.shared.membership.lock().await;
+                    let target = self.successor(running)?;
+                    self.transfer_leadership(running, target).await?;
+                    return Ok(PeerReply::NotLeader { leader: None });
+                }
+                self.remove_node(running, id)
+                    .await
+                    .map(|()| PeerReply::Done)
+            }
+            PeerRequest::TransferLeadership { node } => {
+                let target = self.resolve(running, &node)?;
+                let _serial = self.shared.membership.lock().await;
+                self.transfer_leadership(running, target)
+                    .await
+                    .map(|()| PeerReply::NodeId(target))
             }
             other => Err(failed(
                 ErrorKind::InvalidRequest,
@@ -501,7 +556,30 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
                 ),
             ));
         }
-        let description = self.shared.probe.describe(&host, port).await?;
+        let mut description = self.shared.probe.describe(&host, port).await?;
+        let ours = self.cluster_id(running);
+        if let (Some(id), Some(cluster_id)) = (description.node_id, &ours) {
+            if description.cluster_id.as_ref() == Some(cluster_id)
+                && !state.catalog.nodes.contains_key(&id)
+            {
+                // Removed while it was unreachable, it still thinks it is a member.
+                let addr = NodeAddr {
+                    host: host.clone(),
+                    ..description.addr.clone()
+                };
+                let leave = PeerRequest::Leave {
+                    node_id: id,
+                    cluster_id: cluster_id.clone(),
+                };
+                match call_peer(&addr.rpc_endpoint(), &leave).await {
+                    PeerReply::Done => {}
+                    PeerReply::Failed(e) => return Err(e),
+                    PeerReply::Unreachable(m) => return Err(failed(ErrorKind::Connection, m)),
+                    other => return Err(unexpected(other)),
+                }
+                description = self.describe_after_leave(&host, port).await;
+            }
+        }
         if let Some(id) = description.node_id {
             return Err(failed(
                 ErrorKind::WrongState,
@@ -528,8 +606,9 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
             .catalog
             .nodes
             .keys()
-            .max()
             .copied()
+            .chain(state.catalog.cluster.as_ref().map(|c| c.last_node_id))
+            .max()
             .unwrap_or(0)
             .max(running.id)
             + 1;
@@ -594,9 +673,23 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
         }
     }
 
-    async fn remove_node(&self, running: &Running<S>, node: &str) -> Result<(), NodeError> {
+    /// Describes host:port once its worker has restarted outside any cluster.
+    async fn describe_after_leave(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> super::messages::NodeDescription {
+        loop {
+            match self.shared.probe.describe(host, port).await {
+                Ok(d) if d.node_id.is_none() => return d,
+                // Still the old worker, or restarting: the caller's deadline bounds this.
+                _ => tokio::time::sleep(self.shared.settings.heartbeat_interval / 4).await,
+            }
+        }
+    }
+
+    async fn remove_node(&self, running: &Running<S>, id: NodeId) -> Result<(), NodeError> {
         let _serial = self.shared.membership.lock().await;
-        let id = self.resolve(running, node)?;
         let metrics = running.raft.metrics().borrow().clone();
         let membership = metrics.membership_config.membership().clone();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
@@ -629,12 +722,207 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
                 .await
                 .map_err(raft_error)?;
         }
+        let addr = running
+            .sm
+            .state()
+            .catalog
+            .nodes
+            .get(&id)
+            .map(|n| n.addr.rpc_endpoint());
         running
             .raft
             .client_write(Command::RemoveNode { id })
             .await
             .map_err(raft_error)?;
+        // The node is out; tell it to forget the cluster so it can be added again. Sent
+        // after this answer, and best effort: a node that misses it is told when it is
+        // added again (see `add_node`).
+        if let (Some(addr), Some(cluster_id)) = (addr, self.cluster_id(running)) {
+            tokio::spawn(async move {
+                call_peer(
+                    &addr,
+                    &PeerRequest::Leave {
+                        node_id: id,
+                        cluster_id,
+                    },
+                )
+                .await
+            });
+        }
         Ok(())
+    }
+
+    fn cluster_id(&self, running: &Running<S>) -> Option<String> {
+        running.sm.state().catalog.cluster.map(|c| c.cluster_id)
+    }
+
+    /// The voter other than this leader with the longest replicated log.
+    fn successor(&self, running: &Running<S>) -> Result<NodeId, NodeError> {
+        let m = running.raft.metrics().borrow().clone();
+        let replication = m.replication.unwrap_or_default();
+        m.membership_config
+            .membership()
+            .voter_ids()
+            .filter(|&v| v != running.id)
+            .max_by_key(|v| replication.get(v).copied().flatten().map(|l| l.index))
+            .ok_or_else(|| {
+                failed(
+                    ErrorKind::WrongState,
+                    format!("node {} is the last voter of the cluster", running.id),
+                )
+                .hint("Add another node first; a cluster cannot run without voters.")
+            })
+    }
+
+    /// Hands leadership to the voter `target`. openraft 0.9 has no TimeoutNow message,
+    /// and voters refuse to vote while the leader's lease lasts, so the leader stops its
+    /// heartbeats and writes, waits for `target` to hold its whole log, lets the lease run
+    /// out, and asks `target` to start an election, which it wins before any other
+    /// follower's election timer fires (they wait the lease plus a random timeout).
+    async fn transfer_leadership(
+        &self,
+        running: &Running<S>,
+        target: NodeId,
+    ) -> Result<(), NodeError> {
+        if target == running.id {
+            return Ok(());
+        }
+        let m = running.raft.metrics().borrow().clone();
+        if !m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == target)
+        {
+            return Err(failed(
+                ErrorKind::InvalidRequest,
+                format!("node {target} is a learner and cannot lead"),
+            )
+            .hint("Only voters can lead (SELECT id, name, voter FROM synapse.nodes)."));
+        }
+        let addr = leader_addr(&running.raft, target)
+            .ok_or_else(|| internal(format!("node {target} has no address")))?;
+        let settings = &self.shared.settings;
+        let _leading = self.shared.leading.write().await;
+        let last = running.raft.metrics().borrow().last_log_index;
+        running
+            .raft
+            .wait(Some(settings.election_timeout_max))
+            .metrics(
+                |m| {
+                    m.replication
+                        .as_ref()
+                        .and_then(|r| r.get(&target).copied().flatten())
+                        .map(|l| l.index)
+                        >= last
+                },
+                "the new leader holds the whole log",
+            )
+            .await
+            .map_err(|_| {
+                failed(
+                    ErrorKind::Unavailable,
+                    format!("node {target} has not caught up with the leader's log; leadership stays with node {}", running.id),
+                )
+                .hint("Check that the node is up (SELECT * FROM synapse.raft_status() on it).")
+            })?;
+        running.raft.runtime_config().heartbeat(false);
+        let handed = async {
+            // Followers refuse votes until the lease has passed since they last heard from
+            // this leader; allow for a message still in flight.
+            let (min, lease) = openraft_election_timeouts(settings);
+            let margin = (min / 4).clamp(1, LEASE_MARGIN_MS);
+            tokio::time::sleep(Duration::from_millis(lease + margin)).await;
+            match call_peer(&addr, &PeerRequest::StartElection).await {
+                PeerReply::Done => {}
+                PeerReply::Failed(e) => return Err(e),
+                PeerReply::Unreachable(m) => return Err(failed(ErrorKind::Connection, m)),
+                other => return Err(unexpected(other)),
+            }
+            let new = running
+                .raft
+                .wait(Some(settings.election_timeout_max))
+                .metrics(
+                    |m| m.current_leader.is_some_and(|l| l != running.id),
+                    "a new leader",
+                )
+                .await
+                .map_err(|_| {
+                    failed(
+                        ErrorKind::Unavailable,
+                        format!(
+                            "node {target} did not win its election; node {} still leads",
+                            running.id
+                        ),
+                    )
+                })?;
+            match new.current_leader {
+                Some(l) if l == target => Ok(()),
+                other => Err(failed(
+                    ErrorKind::Unavailable,
+                    format!(
+                        "node {} won the election instead of node {target}",
+                        other.unwrap_or_default()
+                    ),
+                )
+                .hint("Call synapse.transfer_leadership() again.")),
+            }
+        }
+        .await;
+        running.raft.runtime_config().heartbeat(true);
+        handed
+    }
+
+    async fn wait_for_leader(&self, leader: NodeId) -> Result<(), NodeError> {
+        self.running()?
+            .raft
+            .wait(Some(self.shared.settings.raft_timeout))
+            .current_leader(leader, "the new leader")
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                failed(
+                    ErrorKind::Unavailable,
+                    format!("this node has not heard from the new leader {leader}: {e}"),
+                )
+            })
+    }
+
+    async fn start_election(&self) -> Result<PeerReply, NodeError> {
+        self.running()?
+            .raft
+            .trigger()
+            .elect()
+            .await
+            .map_err(|e| failed(ErrorKind::Internal, format!("Raft stopped: {e}")))?;
+        Ok(PeerReply::Done)
+    }
+
+    /// Forgets the cluster: Raft stops, its directory (identity, log, vote, snapshot)
+    /// goes in one rename, and the catalog tables are emptied.
+    async fn leave(&self, node_id: NodeId, cluster_id: String) -> Result<PeerReply, NodeError> {
+        let identity = self.identity().map_err(internal)?;
+        if identity.as_ref()
+            != Some(&Identity {
+                node_id,
+                cluster_id,
+            })
+        {
+            return Err(failed(
+                ErrorKind::WrongState,
+                "this node is not that member of that cluster",
+            ));
+        }
+        let running = self.running()?;
+        running.raft.shutdown().await.map_err(internal)?;
+        let dir = &self.shared.settings.dir;
+        let gone = dir.with_extension("left");
+        let _ = std::fs::remove_dir_all(&gone);
+        std::fs::rename(dir, &gone).map_err(internal)?;
+        let _ = std::fs::remove_dir_all(&gone);
+        running.sm.clear().await.map_err(internal)?;
+        self.shared.left.send_replace(true);
+        Ok(PeerReply::Done)
     }
 
     /// This node's row of `synapse.raft_status()`.
@@ -696,6 +984,10 @@ fn openraft_election_timeouts(s: &RaftSettings) -> (u64, u64) {
 pub fn effective_lease_ms(s: &RaftSettings) -> u64 {
     (s.leadership_lease.as_millis() as u64).min(openraft_election_timeouts(s).1)
 }
+
+/// How long past the lease a leader handing over waits before the election starts, at
+/// most: a quarter of the time the other followers still wait before their own elections.
+const LEASE_MARGIN_MS: u64 = 250;
 
 fn leader_addr(raft: &Raft<TypeConfig>, leader: NodeId) -> Option<String> {
     raft.metrics()

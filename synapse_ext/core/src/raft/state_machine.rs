@@ -136,6 +136,16 @@ impl<S: CatalogSink> CatalogStateMachine<S> {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Forgets everything: the node left its cluster (Raft is already stopped).
+    pub async fn clear(&self) -> io::Result<()> {
+        {
+            let mut inner = self.lock();
+            inner.state = CatalogState::default();
+            inner.snapshot = None;
+        }
+        self.sink.replace(CatalogState::default()).await
+    }
+
     /// A copy of the current state (for reads that need no Raft round trip).
     pub fn state(&self) -> CatalogState {
         self.lock().state.clone()

@@ -22,6 +22,8 @@ pub enum RaftMainRequest {
     Replace(CatalogState),
     /// Write a line to the server log.
     Log(LogLevel, String),
+    /// The node left its cluster: restart the worker, which then starts outside any.
+    Restart(String),
 }
 
 pub type RaftMailbox = Mailbox<RaftMainRequest, Result<(), String>>;
@@ -92,12 +94,18 @@ pub fn start(
             }
         };
         tokio::spawn(serve_local(node.clone(), local));
-        if let Err(e) = serve_grpc(node, listen, std::future::pending()).await {
-            log(
+        let left = node.clone();
+        match serve_grpc(node, listen, async move { left.left().await }).await {
+            Ok(()) => {
+                let _ = mailbox.post(RaftMainRequest::Restart(
+                    "synapse raft: this node left its cluster; restarting the worker".into(),
+                ));
+            }
+            Err(e) => log(
                 &mailbox,
                 LogLevel::Warning,
                 format!("synapse raft RPC server on {listen} stopped: {e}"),
-            );
+            ),
         }
     })
 }
