@@ -63,6 +63,16 @@ impl Catalog {
     /// row changes (empty when the command was refused).
     pub fn apply(&mut self, index: u64, command: &Command) -> (CommandResult, Vec<CatalogChange>) {
         match command {
+            Command::Batch(commands) => {
+                let mut results = Vec::with_capacity(commands.len());
+                let mut changes = Vec::new();
+                for command in commands {
+                    let (result, mut c) = self.apply(index, command);
+                    results.push(result);
+                    changes.append(&mut c);
+                }
+                (CommandResult::Batch(results), changes)
+            }
             Command::InitCluster {
                 cluster_id,
                 name,
@@ -302,5 +312,42 @@ mod tests {
         let (_, changes) = c.apply(4, &up(2));
         assert_eq!(changes.len(), 1, "a lower id leaves the mark alone");
         assert_eq!(c.cluster.unwrap().last_node_id, 3);
+    }
+
+    #[test]
+    fn a_batch_applies_its_commands_in_order_with_one_result_each() {
+        let mut c = Catalog::default();
+        let set = |v: &str| Command::SetSetting {
+            name: "k".into(),
+            value: v.into(),
+            at_unix_ms: 0,
+        };
+        let cas = |expected: &str, v: &str| Command::CompareAndSetSetting {
+            name: "k".into(),
+            expected: Some(expected.into()),
+            value: v.into(),
+            at_unix_ms: 0,
+        };
+        let (result, changes) = c.apply(
+            7,
+            &Command::Batch(vec![set("a"), cas("a", "b"), cas("a", "c")]),
+        );
+        assert_eq!(
+            result,
+            CommandResult::Batch(vec![
+                CommandResult::Done,
+                CommandResult::CompareAndSet {
+                    applied: true,
+                    current: Some("b".into())
+                },
+                CommandResult::CompareAndSet {
+                    applied: false,
+                    current: Some("b".into())
+                },
+            ])
+        );
+        assert_eq!(changes.len(), 2, "the refused one changes nothing");
+        assert_eq!(c.settings["k"].value, "b");
+        assert_eq!(c.settings["k"].version, 7);
     }
 }

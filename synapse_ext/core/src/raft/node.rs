@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, Config, Raft, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
-use tokio::sync::OnceCell;
+use tokio::sync::{mpsc, oneshot, OnceCell};
 
 use super::log_store::{write_json_atomic, FileLogStore};
 use super::messages::{
@@ -73,7 +73,18 @@ struct Running<S> {
     raft: Raft<TypeConfig>,
     sm: CatalogStateMachine<S>,
     log: FileLogStore,
+    /// To the proposal batcher (see [`batch_proposals`]).
+    proposals: mpsc::Sender<Proposal>,
+    /// Held while a proposal of this node is in Raft: one at a time, so that the ones
+    /// arriving meanwhile are batched.
+    proposing: Arc<tokio::sync::Mutex<()>>,
 }
+
+/// A command waiting to be proposed, and who waits for its outcome.
+type Proposal = (Command, oneshot::Sender<Result<PeerReply, NodeError>>);
+
+/// The most commands in one log entry.
+const MAX_BATCH: usize = 256;
 
 /// A node's Raft runtime. Cheap to clone.
 pub struct RaftNode<S, P> {
@@ -193,7 +204,17 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
         let raft = Raft::new(id, Arc::new(config), Network, log.clone(), sm.clone())
             .await
             .map_err(io::Error::other)?;
-        let _ = self.shared.running.set(Running { id, raft, sm, log });
+        let (proposals, queue) = mpsc::channel(4 * MAX_BATCH);
+        let proposing = Arc::new(tokio::sync::Mutex::new(()));
+        tokio::spawn(batch_proposals(raft.clone(), queue, proposing.clone()));
+        let _ = self.shared.running.set(Running {
+            id,
+            raft,
+            sm,
+            log,
+            proposals,
+            proposing,
+        });
         Ok(self.shared.running.get().expect("just set"))
     }
 
@@ -440,16 +461,23 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
             _ => None,
         };
         match request {
-            PeerRequest::Propose(command) => match running.raft.client_write(command).await {
-                Ok(response) => Ok(PeerReply::Applied {
-                    index: response.log_id.index,
-                    result: response.data,
-                }),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                    Ok(PeerReply::NotLeader { leader: None })
+            PeerRequest::Propose(command) => {
+                if let Ok(_alone) = running.proposing.try_lock() {
+                    // Nothing in flight: no batch to wait for.
+                    return propose(&running.raft, vec![command])
+                        .await
+                        .pop()
+                        .expect("one outcome");
                 }
-                Err(e) => Err(raft_error(e)),
-            },
+                let (reply, outcome) = oneshot::channel();
+                let stopped = || internal("the proposal batcher stopped");
+                running
+                    .proposals
+                    .send((command, reply))
+                    .await
+                    .map_err(|_| stopped())?;
+                outcome.await.map_err(|_| stopped())?
+            }
             PeerRequest::ReadIndex => match running.raft.ensure_linearizable().await {
                 Ok(log_id) => Ok(PeerReply::ReadIndex(log_id.map_or(0, |l| l.index))),
                 Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
@@ -983,6 +1011,68 @@ fn openraft_election_timeouts(s: &RaftSettings) -> (u64, u64) {
 /// no longer than that, whatever `synapse.leadership_lease` says.
 pub fn effective_lease_ms(s: &RaftSettings) -> u64 {
     (s.leadership_lease.as_millis() as u64).min(openraft_election_timeouts(s).1)
+}
+
+/// Proposes the commands queued on this node, one log entry at a time: those that arrive
+/// while an entry commits go together into the next one ([`Command::Batch`]), so under
+/// load one append, one replication round and one catalog transaction serve many writes.
+/// A lone command is proposed as itself, without waiting for company.
+async fn batch_proposals(
+    raft: Raft<TypeConfig>,
+    mut queue: mpsc::Receiver<Proposal>,
+    proposing: Arc<tokio::sync::Mutex<()>>,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let _turn = proposing.lock().await;
+        // More may have come while the previous proposal was in flight.
+        if batch.len() < MAX_BATCH {
+            while let Ok(more) = queue.try_recv() {
+                batch.push(more);
+                if batch.len() == MAX_BATCH {
+                    break;
+                }
+            }
+        }
+        let (commands, waiters): (Vec<Command>, Vec<_>) = batch.drain(..).unzip();
+        for (waiter, outcome) in waiters.into_iter().zip(propose(&raft, commands).await) {
+            let _ = waiter.send(outcome);
+        }
+    }
+}
+
+/// Proposes `commands` in one log entry; one outcome per command, in order.
+async fn propose(
+    raft: &Raft<TypeConfig>,
+    mut commands: Vec<Command>,
+) -> Vec<Result<PeerReply, NodeError>> {
+    let n = commands.len();
+    let command = if n == 1 {
+        commands.pop().expect("one command")
+    } else {
+        Command::Batch(commands)
+    };
+    match raft.client_write(command).await {
+        Ok(response) => {
+            let results = match response.data {
+                CommandResult::Batch(results) if n > 1 => results,
+                result => vec![result],
+            };
+            results
+                .into_iter()
+                .map(|result| {
+                    Ok(PeerReply::Applied {
+                        index: response.log_id.index,
+                        result,
+                    })
+                })
+                .collect()
+        }
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+            vec![Ok(PeerReply::NotLeader { leader: None }); n]
+        }
+        Err(e) => vec![Err(raft_error(e)); n],
+    }
 }
 
 /// How long past the lease a leader handing over waits before the election starts, at

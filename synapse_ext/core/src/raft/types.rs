@@ -66,6 +66,9 @@ pub enum Command {
         value: String,
         at_unix_ms: i64,
     },
+    /// Commands proposed concurrently, applied in order in one log entry (the leader
+    /// batches proposals that arrive while the previous entry commits).
+    Batch(Vec<Command>),
 }
 
 /// What applying a command produced, returned to the proposer.
@@ -82,6 +85,8 @@ pub enum CommandResult {
     /// The command was valid Raft-wise but refused by the catalog (e.g. a duplicate name);
     /// the message is for the user.
     Refused(String),
+    /// The results of a [`Command::Batch`], in order.
+    Batch(Vec<CommandResult>),
 }
 
 openraft::declare_raft_types!(
