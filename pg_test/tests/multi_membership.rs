@@ -170,6 +170,14 @@ fn adding_a_server_without_synapse_is_a_clear_error() {
         .unwrap_err();
     let db = err.as_db_error().unwrap();
     assert_eq!(db.code().code(), "08006", "{db:?}");
+    // The last voter cannot be removed.
+    let err = cluster
+        .connect(1)
+        .execute("SELECT synapse.remove_node('node1')", &[])
+        .unwrap_err();
+    let db = err.as_db_error().unwrap();
+    assert!(db.message().contains("last voter"), "{db:?}");
+    assert_eq!(db.code().code(), "55000", "{db:?}");
     assert_eq!(members(&cluster, 1), vec![1]);
 }
 
