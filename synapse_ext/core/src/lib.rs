@@ -8,4 +8,5 @@ pub mod mailbox;
 pub mod raft;
 pub mod rpc;
 pub mod supervisor;
+pub mod swim;
 pub mod thread;
