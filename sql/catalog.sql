@@ -24,6 +24,7 @@ CREATE TABLE synapse.node_catalog (
     host text NOT NULL,
     port int NOT NULL,
     rpc_port int NOT NULL,
+    gossip_port int NOT NULL DEFAULT 0,
     role text NOT NULL CHECK (role IN ('voter', 'learner')),
     joined_at_unix_ms bigint NOT NULL
 );

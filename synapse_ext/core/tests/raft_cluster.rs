@@ -55,6 +55,7 @@ async fn start(name: &str, dir: &std::path::Path, directory: &Directory) -> Memb
         host: "127.0.0.1".into(),
         pg_port,
         rpc_port,
+        gossip_port: 0,
     };
     directory.0.lock().unwrap().insert(pg_port, addr.clone());
     let settings = RaftSettings {

@@ -210,6 +210,7 @@ fn node_info() -> pgrx::JsonB {
             host: gucs::listen_address(),
             pg_port,
             rpc_port: gucs::rpc_port(),
+            gossip_port: gucs::gossip_port(),
         },
         node_id: status.node_id,
         cluster_id,

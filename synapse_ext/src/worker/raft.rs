@@ -139,7 +139,7 @@ const UPSERT_CLUSTER: &str = "INSERT INTO synapse.cluster_catalog \
 const UPSERT_NODE: &str = "INSERT INTO synapse.node_catalog \
      SELECT * FROM jsonb_populate_record(NULL::synapse.node_catalog, $1::jsonb) \
      ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, host = EXCLUDED.host, port = EXCLUDED.port, \
-     rpc_port = EXCLUDED.rpc_port, role = EXCLUDED.role, joined_at_unix_ms = EXCLUDED.joined_at_unix_ms";
+     rpc_port = EXCLUDED.rpc_port, gossip_port = EXCLUDED.gossip_port, role = EXCLUDED.role, joined_at_unix_ms = EXCLUDED.joined_at_unix_ms";
 const DELETE_NODE: &str = "DELETE FROM synapse.node_catalog WHERE id = $1::bigint";
 const UPSERT_SETTING: &str = "INSERT INTO synapse.setting_catalog \
      SELECT * FROM jsonb_populate_record(NULL::synapse.setting_catalog, $1::jsonb) \
@@ -239,6 +239,7 @@ fn settings(dir: &std::path::Path) -> RaftSettings {
             host: address,
             pg_port,
             rpc_port: gucs::rpc_port(),
+            gossip_port: gucs::gossip_port(),
         },
         election_timeout_min: Duration::from_millis(min),
         election_timeout_max: Duration::from_millis(max),

@@ -206,6 +206,7 @@ mod tests {
             host: "127.0.0.1".into(),
             pg_port: port,
             rpc_port: port + 2,
+            gossip_port: port + 3,
         }
     }
 

@@ -101,7 +101,11 @@ pub enum PeerRequest {
     /// To the leader: hand leadership to `node`.
     TransferLeadership { node: String },
     /// From the leader to a joining node: this is your id in cluster `cluster_id`.
-    Join { node_id: NodeId, cluster_id: String },
+    Join {
+        node_id: NodeId,
+        cluster_id: String,
+        gossip_key: String,
+    },
     /// From the leader handing over leadership: start an election now (the leader has let
     /// its lease run out, and this node's log is as long as the leader's).
     StartElection,

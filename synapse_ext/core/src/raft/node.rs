@@ -56,6 +56,10 @@ pub struct RaftSettings {
 pub struct Identity {
     pub node_id: NodeId,
     pub cluster_id: String,
+    /// The key authenticating the cluster's gossip datagrams (hex), made at
+    /// `init_cluster` and handed to each node as it joins.
+    #[serde(default)]
+    pub gossip_key: String,
 }
 
 /// Admits a PostgreSQL server into the cluster: asks it (over SQL) for its name and ports.
@@ -312,6 +316,7 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
         let identity = Identity {
             node_id: 1,
             cluster_id: random_id(),
+            gossip_key: random_id() + &random_id(),
         };
         write_json_atomic(&self.identity_path(), &identity).map_err(internal)?;
         let running = self.start_raft(identity.node_id).await.map_err(internal)?;
@@ -425,7 +430,8 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
             PeerRequest::Join {
                 node_id,
                 cluster_id,
-            } => self.join(node_id, cluster_id).await,
+                gossip_key,
+            } => self.join(node_id, cluster_id, gossip_key).await,
             PeerRequest::StartElection => self.start_election().await,
             PeerRequest::Leave {
                 node_id,
@@ -520,7 +526,12 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
         }
     }
 
-    async fn join(&self, node_id: NodeId, cluster_id: String) -> Result<PeerReply, NodeError> {
+    async fn join(
+        &self,
+        node_id: NodeId,
+        cluster_id: String,
+        gossip_key: String,
+    ) -> Result<PeerReply, NodeError> {
         match self.identity().map_err(internal)? {
             Some(existing) if existing.node_id == node_id && existing.cluster_id == cluster_id => {
                 Ok(PeerReply::Done)
@@ -538,6 +549,7 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
                     &Identity {
                         node_id,
                         cluster_id,
+                        gossip_key,
                     },
                 )
                 .map_err(internal)?;
@@ -645,6 +657,7 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
             host: host.clone(),
             pg_port: port,
             rpc_port: description.addr.rpc_port,
+            gossip_port: description.addr.gossip_port,
         };
         let cluster_id = state
             .catalog
@@ -657,6 +670,11 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
             &PeerRequest::Join {
                 node_id: id,
                 cluster_id,
+                gossip_key: self
+                    .identity()
+                    .map_err(internal)?
+                    .map(|i| i.gossip_key)
+                    .unwrap_or_default(),
             },
         )
         .await
@@ -930,12 +948,7 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
     /// goes in one rename, and the catalog tables are emptied.
     async fn leave(&self, node_id: NodeId, cluster_id: String) -> Result<PeerReply, NodeError> {
         let identity = self.identity().map_err(internal)?;
-        if identity.as_ref()
-            != Some(&Identity {
-                node_id,
-                cluster_id,
-            })
-        {
+        if !identity.is_some_and(|i| i.node_id == node_id && i.cluster_id == cluster_id) {
             return Err(failed(
                 ErrorKind::WrongState,
                 "this node is not that member of that cluster",

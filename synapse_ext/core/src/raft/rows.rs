@@ -15,6 +15,8 @@ pub struct NodeRow {
     pub host: String,
     pub port: u16,
     pub rpc_port: u16,
+    #[serde(default)]
+    pub gossip_port: u16,
     pub role: String,
     pub joined_at_unix_ms: i64,
 }
@@ -27,6 +29,7 @@ impl From<&NodeRecord> for NodeRow {
             host: n.addr.host.clone(),
             port: n.addr.pg_port,
             rpc_port: n.addr.rpc_port,
+            gossip_port: n.addr.gossip_port,
             role: match n.role {
                 Role::Voter => "voter".into(),
                 Role::Learner => "learner".into(),
@@ -45,6 +48,7 @@ impl From<NodeRow> for NodeRecord {
                 host: r.host,
                 pg_port: r.port,
                 rpc_port: r.rpc_port,
+                gossip_port: r.gossip_port,
             },
             role: if r.role == "voter" {
                 Role::Voter

@@ -19,6 +19,9 @@ pub struct NodeAddr {
     pub host: String,
     pub pg_port: u16,
     pub rpc_port: u16,
+    /// UDP port of its SWIM gossip.
+    #[serde(default)]
+    pub gossip_port: u16,
 }
 
 impl NodeAddr {

@@ -9,6 +9,7 @@
 
 pub mod broadcast;
 pub mod node;
+pub mod service;
 pub mod wire;
 
 pub use node::{Config, Event, Member, Message, Partition, State, Swim, Update};
