@@ -152,6 +152,7 @@ mod tests {
                     host: "h".into(),
                     pg_port: 5432,
                     rpc_port: 8081,
+                    gossip_port: 8082,
                 },
                 role: Role::Learner,
                 at_unix_ms: 7,
