@@ -64,11 +64,11 @@ async fn members_see_each_other_leave_and_fail() {
     let mut leaves = vec![];
     let mut tasks = vec![];
     let mut rosters = vec![];
-    for i in 0..3 {
+    for (i, &addr) in addrs.iter().enumerate() {
         let socket = dir.join(format!("g{i}.sock"));
         let settings = GossipSettings {
             name: format!("g{i}"),
-            listen: addrs[i],
+            listen: addr,
             config: config.clone(),
             state_file: dir.join(format!("g{i}.json")),
             socket: socket.clone(),
