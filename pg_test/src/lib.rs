@@ -110,6 +110,43 @@ impl Cluster {
             .map(|row| row.get(0))
     }
 
+    /// Every process of `node`: its postmaster and the postmaster's children.
+    pub fn node_pids(&self, node: usize) -> Vec<i32> {
+        let pm = self.postmaster_pid(node);
+        let mut pids = vec![pm];
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // The parent pid is the second field after the parenthesised command name.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<i32>().ok());
+            if ppid == Some(pm) {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+
+    /// Kills every process of `node` with SIGKILL at once (a machine crash, as far as the
+    /// other nodes can tell), and waits until they are gone.
+    pub fn crash(&self, node: usize) {
+        let pids = self.node_pids(node);
+        for &pid in &pids {
+            signal(pid, libc::SIGKILL);
+        }
+        wait_for(
+            "the crashed node's processes to end",
+            std::time::Duration::from_secs(10),
+            || pids.iter().all(|&p| !alive(p)).then_some(()),
+        );
+    }
+
     /// The postmaster's pid of `node`.
     pub fn postmaster_pid(&self, node: usize) -> i32 {
         let pidfile = self.dir.join(format!("node{node}/data/postmaster.pid"));

@@ -27,6 +27,11 @@ pgrx::extension_sql_file!(
     requires = ["synapse_bootstrap"]
 );
 pgrx::extension_sql_file!(
+    "../../sql/gossip.sql",
+    name = "synapse_gossip",
+    requires = ["synapse_catalog", members]
+);
+pgrx::extension_sql_file!(
     "../../sql/catalog_guard.sql",
     name = "synapse_catalog_guard",
     requires = ["synapse_catalog", catalog_write_guard]

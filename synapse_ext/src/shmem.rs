@@ -17,16 +17,19 @@ pub enum WorkerKind {
     Supervisor,
     /// Runs Raft and applies the metadata log to the catalog tables.
     Raft,
+    /// Runs SWIM failure detection among the members.
+    Gossip,
 }
 
 impl WorkerKind {
-    pub const ALL: [WorkerKind; 2] = [WorkerKind::Supervisor, WorkerKind::Raft];
+    pub const ALL: [WorkerKind; 3] = [WorkerKind::Supervisor, WorkerKind::Raft, WorkerKind::Gossip];
 
     /// The name shown as `backend_type` in `pg_stat_activity` and in `synapse.workers()`.
     pub fn name(self) -> &'static str {
         match self {
             WorkerKind::Supervisor => "synapse supervisor",
             WorkerKind::Raft => "synapse raft",
+            WorkerKind::Gossip => "synapse gossip",
         }
     }
 

@@ -105,6 +105,19 @@ impl NetThread {
         !self.done.is_empty()
     }
 
+    /// Gives the thread's work `grace` to end on its own (after the caller asked it to,
+    /// its own way), then stops it as [`NetThread::stop`] does.
+    pub fn stop_after(self, grace: std::time::Duration, within: std::time::Duration) -> bool {
+        if self.done.recv_timeout(grace).is_ok() {
+            let mut this = self;
+            if let Some(thread) = this.thread.take() {
+                let _ = thread.join();
+            }
+            return true;
+        }
+        self.stop(within)
+    }
+
     /// Asks the thread to stop and waits at most `within`; returns whether it stopped.
     pub fn stop(mut self, within: std::time::Duration) -> bool {
         if let Some(stop) = self.stop.take() {

@@ -112,7 +112,8 @@ async fn members_see_each_other_leave_and_fail() {
         (0..2).all(|i| states(&sockets[i]).contains(&("g2".into(), "LEFT".into())))
     })
     .await;
-    // A crash: FAILED (g1 alone is then a minority of {g0, g1}).
+    // A crash: FAILED. g0 is then alone of three members (one that left still counts: it
+    // is still a member of the cluster) and on the minority side.
     tasks[1].abort();
     wait_until("g1 FAILED", || {
         states(&sockets[0]).contains(&("g1".into(), "FAILED".into()))
@@ -121,7 +122,7 @@ async fn members_see_each_other_leave_and_fail() {
     match ask(&sockets[0], &GossipRequest::Status) {
         GossipReply::Status(s) => {
             assert!(!s.majority, "{s:?}");
-            assert_eq!((s.members_up, s.members), (1, 2));
+            assert_eq!((s.members_up, s.members), (1, 3));
         }
         other => panic!("{other:?}"),
     }

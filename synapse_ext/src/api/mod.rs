@@ -6,6 +6,7 @@ use pgrx::prelude::*;
 use crate::shmem;
 
 mod cluster;
+mod gossip;
 
 /// `synapse.version()`: the versions of the loaded library and of the installed extension.
 /// They differ after a library upgrade until `ALTER EXTENSION synapse UPDATE` runs.

@@ -1,4 +1,4 @@
-//! A backend's requests to its node's raft worker, over the worker's Unix socket.
+//! A backend's requests to its node's workers (raft, gossip), over their Unix sockets.
 //!
 //! Backends never start threads: the socket is non-blocking and every wait goes through
 //! `WaitLatchOrSocket`, followed by `CHECK_FOR_INTERRUPTS()`, so a cancel,
@@ -13,18 +13,32 @@ use std::time::{Duration, Instant};
 use pgrx::pg_sys;
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use synapse_core::raft::messages::{ErrorKind, LocalReply, LocalRequest, NodeError};
 
-/// The raft worker's socket of this node.
-fn socket_path() -> PathBuf {
+/// The socket of this node's `worker` (`raft`, `gossip`).
+fn socket_path(worker: &str) -> PathBuf {
     // SAFETY: DataDir is set at backend start and never changes.
     let dir = unsafe { std::ffi::CStr::from_ptr(pg_sys::DataDir) };
-    PathBuf::from(dir.to_string_lossy().into_owned()).join("synapse/raft.sock")
+    PathBuf::from(dir.to_string_lossy().into_owned()).join(format!("synapse/{worker}.sock"))
 }
 
-/// Sends `request` and waits up to `timeout` for the answer; failures become ERRORs.
+/// Asks the raft worker; waits up to `timeout` for the answer; failures become ERRORs.
 pub fn call(request: &LocalRequest, timeout: Duration) -> LocalReply {
-    let path = socket_path();
+    match exchange::<_, LocalReply>("raft", request, timeout) {
+        LocalReply::Failed(e) => report(e),
+        reply => reply,
+    }
+}
+
+/// Sends `request` to this node's `worker` and waits up to `timeout` for its answer.
+pub fn exchange<Q: Serialize, A: DeserializeOwned>(
+    worker: &str,
+    request: &Q,
+    timeout: Duration,
+) -> A {
+    let path = socket_path(worker);
     let deadline = Instant::now() + timeout;
     // Right after CREATE EXTENSION the worker needs a moment to open its socket: wait for
     // it (interruptibly) rather than fail.
@@ -33,7 +47,7 @@ pub fn call(request: &LocalRequest, timeout: Duration) -> LocalReply {
             Ok(stream) => break stream,
             Err(e) if Instant::now() >= deadline || !matches!(e.kind(), IoKind::NotFound | IoKind::ConnectionRefused) => {
                 report(
-                    NodeError::new(ErrorKind::Unavailable, format!("the synapse raft worker of this node is not running ({e})"))
+                    NodeError::new(ErrorKind::Unavailable, format!("the synapse {worker} worker of this node is not running ({e})"))
                         .hint("Check the server log; the worker starts after CREATE EXTENSION synapse and restarts after failures."),
                 )
             }
@@ -46,7 +60,7 @@ pub fn call(request: &LocalRequest, timeout: Duration) -> LocalReply {
     stream.write_all(&out).unwrap_or_else(|e| {
         report(NodeError::new(
             ErrorKind::Unavailable,
-            format!("raft worker socket: {e}"),
+            format!("{worker} worker socket: {e}"),
         ))
     });
     stream.set_nonblocking(true).expect("non-blocking socket");
@@ -67,13 +81,13 @@ pub fn call(request: &LocalRequest, timeout: Duration) -> LocalReply {
             Err(e) if e.kind() == IoKind::Interrupted => continue,
             Err(e) => report(NodeError::new(
                 ErrorKind::Unavailable,
-                format!("raft worker socket: {e}"),
+                format!("{worker} worker socket: {e}"),
             )),
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             report(
-                NodeError::new(ErrorKind::Unavailable, format!("no answer from Raft within {} ms; the outcome is unknown", timeout.as_millis()))
+                NodeError::new(ErrorKind::Unavailable, format!("no answer from the synapse {worker} worker within {} ms; the outcome is unknown", timeout.as_millis()))
                     .hint("Check SELECT * FROM synapse.raft_status(); raise synapse.raft_timeout if the cluster is just slow."),
             );
         }
@@ -93,14 +107,12 @@ pub fn call(request: &LocalRequest, timeout: Duration) -> LocalReply {
         }
         pg_sys::check_for_interrupts!();
     }
-    match serde_json::from_slice::<LocalReply>(&answer) {
-        Ok(LocalReply::Failed(e)) => report(e),
-        Ok(reply) => reply,
-        Err(e) => report(NodeError::new(
+    serde_json::from_slice::<A>(&answer).unwrap_or_else(|e| {
+        report(NodeError::new(
             ErrorKind::Internal,
-            format!("bad answer from the raft worker: {e}"),
-        )),
-    }
+            format!("bad answer from the {worker} worker: {e}"),
+        ))
+    })
 }
 
 /// How often a backend looks for the raft worker's socket while the worker starts.

@@ -12,6 +12,7 @@ use pgrx::bgworkers::BackgroundWorkerBuilder;
 
 use crate::shmem::WorkerKind;
 
+pub mod gossip;
 pub mod raft;
 pub mod supervisor;
 
@@ -22,6 +23,7 @@ const RESTART_DELAY: Duration = Duration::from_secs(1);
 pub fn register() {
     load(WorkerKind::Supervisor, "synapse_supervisor_main");
     load(WorkerKind::Raft, "synapse_raft_main");
+    load(WorkerKind::Gossip, "synapse_gossip_main");
 }
 
 /// Registers one worker whose entry point is the exported function `main`.

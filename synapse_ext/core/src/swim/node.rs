@@ -277,9 +277,10 @@ pub struct Swim {
     events: Vec<Event>,
     /// Newer facts for the sender of stale claims, gathered while handling its message.
     corrections: Vec<Update>,
-    /// Members ALIVE or SUSPECTED, and members LEFT (kept up to date by `change`).
+    /// Members ALIVE or SUSPECTED (kept up to date by `change`).
     up: usize,
-    left: usize,
+    /// The members the catalog lists; only they are heard, and only they count.
+    listed: BTreeSet<String>,
 }
 
 impl Swim {
@@ -320,7 +321,7 @@ impl Swim {
             events: Vec::new(),
             corrections: Vec::new(),
             up: 0,
-            left: 0,
+            listed: BTreeSet::from([me.to_owned()]),
             config,
         };
         swim.insert(me, addr, now);
@@ -359,7 +360,7 @@ impl Swim {
     /// Sets the member list (from the Raft catalog). New members start ALIVE; members no
     /// longer listed are LEFT (they were removed); a LEFT member listed again is ALIVE.
     pub fn set_members(&mut self, list: &[(String, SocketAddr)], now: Duration) {
-        let listed: BTreeSet<&str> = list.iter().map(|(n, _)| n.as_str()).collect();
+        let listed: BTreeSet<String> = list.iter().map(|(n, _)| n.clone()).collect();
         for (name, addr) in list {
             match self.members.get_mut(name) {
                 None => self.insert(name, *addr, now),
@@ -369,7 +370,9 @@ impl Swim {
                         m.addr = *addr;
                         self.by_addr.insert(*addr, name.clone());
                     }
-                    if m.state == State::Left && *name != self.me {
+                    // Removed earlier and added again: back, until SWIM says otherwise.
+                    let returned = !self.listed.contains(name) && *name != self.me;
+                    if returned && m.state == State::Left {
                         let incarnation = m.incarnation;
                         self.change(name, State::Alive, incarnation, now);
                     }
@@ -380,12 +383,15 @@ impl Swim {
             .members
             .values()
             .filter(|m| m.name != self.me && m.state != State::Left)
-            .filter(|m| !listed.contains(m.name.as_str()))
+            .filter(|m| !listed.contains(&m.name))
             .map(|m| (m.name.clone(), m.incarnation))
             .collect();
         for (name, incarnation) in gone {
+            self.suspicions.remove(&name);
             self.change(&name, State::Left, incarnation, now);
         }
+        self.listed = listed;
+        self.listed.insert(self.me.clone());
         self.update_partition(now);
     }
 
@@ -474,7 +480,7 @@ impl Swim {
         if self.leaving {
             return;
         }
-        if !self.members.contains_key(&msg.from) {
+        if !self.listed.contains(&msg.from) {
             return; // not a member (yet): the catalog decides who is
         }
         // The sender says it is alive at its incarnation.
@@ -738,6 +744,9 @@ impl Swim {
             self.about_me(&u, now);
             return;
         }
+        if !self.listed.contains(&u.name) {
+            return; // removed from the cluster: nothing to learn about it
+        }
         let Some(m) = self.members.get(&u.name) else {
             return;
         };
@@ -862,8 +871,6 @@ impl Swim {
         if from != to {
             let is_up = |s: State| matches!(s, State::Alive | State::Suspected);
             self.up = self.up + usize::from(is_up(to)) - usize::from(is_up(from));
-            self.left =
-                self.left + usize::from(to == State::Left) - usize::from(from == State::Left);
             m.state = to;
             m.since = now;
             self.events.push(Event::StateChanged {
@@ -877,10 +884,9 @@ impl Swim {
     }
 
     fn update_partition(&mut self, now: Duration) {
-        // Members that left do not count; this node always does.
-        let me_left = usize::from(self.leaving);
-        let members = self.members.len() - self.left + me_left;
-        let up = self.live_count().max(1);
+        // Members that left cleanly still count (they may come back); removed ones do not.
+        let members = self.listed.len().max(1);
+        let up = self.live_count().clamp(1, members);
         let majority = up * 2 > members;
         if majority != self.partition.majority {
             self.partition = Partition {
@@ -1013,7 +1019,8 @@ mod tests {
         let (mut a, _) = pair();
         a.set_members(&[("a".into(), addr(1))], Duration::from_secs(1));
         assert_eq!(a.member("b").unwrap().state, State::Left);
-        assert!(a.partition().majority, "LEFT members do not count");
+        assert!(a.partition().majority, "removed members do not count");
+        assert_eq!(a.partition().members, 1);
         a.set_members(
             &[("a".into(), addr(1)), ("b".into(), addr(2))],
             Duration::from_secs(2),
