@@ -202,7 +202,10 @@ fn a_frozen_leader_cannot_commit_and_rejoins_as_follower() {
         .as_db_error()
         .map(|e| e.message().to_owned())
         .unwrap_or_else(|| err.to_string());
-    assert!(message.contains("Raft"), "{message}");
+    assert!(
+        message.contains("raft worker") && message.contains("outcome is unknown"),
+        "{message}"
+    );
     // The majority elects a new leader and commits.
     wait_for("the majority to commit", Duration::from_secs(20), || {
         set(&cluster, others[0], "majority").ok()
