@@ -33,6 +33,8 @@ pub struct Cluster {
     pub dir: PathBuf,
     pub base_port: u16,
     pub nodes: usize,
+    /// Each node's address (127.0.0.1, or its own with `--netns`); index 0 is node 1.
+    pub hosts: Vec<String>,
 }
 
 impl Cluster {
@@ -44,10 +46,11 @@ impl Cluster {
     /// Like [`Cluster::up`], with extra arguments for `scripts/cluster up` (`--no-init`).
     pub fn up_with(name: &str, nodes: usize, base_port: u16, extra: &[&str]) -> Cluster {
         let dir = clusters_root().join(name);
-        let cluster = Cluster {
+        let mut cluster = Cluster {
             dir,
             base_port,
             nodes,
+            hosts: vec!["127.0.0.1".into(); nodes],
         };
         if cluster.dir.join("cluster.env").exists() {
             cluster.script(&["down"]);
@@ -64,7 +67,19 @@ impl Cluster {
             repo_root().display(),
             text(&out)
         );
+        let env = text(&cluster.script(&["env"]));
+        for node in 1..=nodes {
+            let key = format!("SYNAPSE_NODE{node}_HOST=");
+            if let Some(host) = env.lines().find_map(|l| l.strip_prefix(key.as_str())) {
+                cluster.hosts[node - 1] = host.trim().to_owned();
+            }
+        }
         cluster
+    }
+
+    /// Node `node`'s address.
+    pub fn host(&self, node: usize) -> &str {
+        &self.hosts[node - 1]
     }
 
     /// Runs `scripts/cluster SUBCOMMAND... --dir DIR --base-port P`.
@@ -89,12 +104,12 @@ impl Cluster {
 
     /// A new connection to node `node` as user postgres.
     pub fn connect(&self, node: usize) -> Client {
-        connect_port(self.pg_port(node))
+        connect_to(self.host(node), self.pg_port(node))
     }
 
     /// `GET path` on node `node`'s HTTP port.
     pub fn http_get(&self, node: usize, path: &str) -> std::io::Result<(u16, serde_json::Value)> {
-        http_get(self.http_port(node), path)
+        http_get_from(self.host(node), self.http_port(node), path)
     }
 
     /// The pid of the running background worker named `name` on `node`, if any.
@@ -166,14 +181,28 @@ impl Drop for Cluster {
 
 /// Connects to 127.0.0.1:`port` as postgres, database postgres.
 pub fn connect_port(port: u16) -> Client {
+    connect_to("127.0.0.1", port)
+}
+
+/// Connects to `host`:`port` as postgres, database postgres.
+pub fn connect_to(host: &str, port: u16) -> Client {
     let conninfo =
-        format!("host=127.0.0.1 port={port} user=postgres dbname=postgres connect_timeout=10");
-    Client::connect(&conninfo, NoTls).unwrap_or_else(|e| panic!("connect to port {port}: {e}"))
+        format!("host={host} port={port} user=postgres dbname=postgres connect_timeout=10");
+    Client::connect(&conninfo, NoTls).unwrap_or_else(|e| panic!("connect to {host}:{port}: {e}"))
 }
 
 /// A minimal HTTP/1.1 GET returning the status code and the JSON body (Null if not JSON).
 pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, serde_json::Value)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    http_get_from("127.0.0.1", port, path)
+}
+
+/// `GET path` on `host`:`port`; returns the status code and the JSON body.
+pub fn http_get_from(
+    host: &str,
+    port: u16,
+    path: &str,
+) -> std::io::Result<(u16, serde_json::Value)> {
+    let mut stream = TcpStream::connect((host, port))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     write!(
         stream,

@@ -1,7 +1,8 @@
-//! SWIM on a real 5-node cluster: crashes are detected by every other node (detection
+//! SWIM on real 5-node clusters: crashes are detected by every other node (detection
 //! time measured over repeated trials), a restarted node comes back ALIVE with a higher
-//! incarnation, a short SIGSTOP is never taken for a failure, and a clean shutdown shows
-//! LEFT.
+//! incarnation, a short SIGSTOP or 10% packet loss is never taken for a failure, a clean
+//! shutdown shows LEFT, and a 2|3 partition (nodes in their own network namespaces) is
+//! seen from both sides and heals.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -11,7 +12,8 @@ use synapse_pg_test::{signal, text, wait_for, Cluster};
 /// `observer`'s view: member name -> (state, incarnation); `None` if it cannot answer.
 fn view(cluster: &Cluster, observer: usize) -> Option<HashMap<String, (String, i64)>> {
     let conninfo = format!(
-        "host=127.0.0.1 port={} user=postgres dbname=postgres connect_timeout=2",
+        "host={} port={} user=postgres dbname=postgres connect_timeout=2",
+        cluster.host(observer),
         cluster.pg_port(observer)
     );
     let mut client = postgres::Client::connect(&conninfo, postgres::NoTls).ok()?;
@@ -149,4 +151,100 @@ fn a_short_sigstop_is_not_a_failure_and_a_clean_stop_is_left() {
         .unwrap()
         .get(0);
     assert_eq!(health.as_deref(), Some("LEFT"));
+}
+
+#[test]
+fn packet_loss_is_not_failure_and_a_partition_is_seen_from_both_sides() {
+    let cluster = Cluster::up_with("gossip_netns", 5, 8220, &["--netns"]);
+    assert_ne!(
+        cluster.host(1),
+        "127.0.0.1",
+        "nodes have their own addresses"
+    );
+    wait_for("all ALIVE", Duration::from_secs(30), || {
+        (1..=5)
+            .all(|n| everyone_sees(&cluster, n, "ALIVE"))
+            .then_some(())
+    });
+
+    // 10% of node 4's packets are lost for 60 s: never FAILED in anyone's view.
+    let out = cluster.script(&["netem", "4", "loss=10"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let lossy_from = Instant::now();
+    let mut observations = 0;
+    while lossy_from.elapsed() < Duration::from_secs(60) {
+        for o in [1, 2, 3, 5] {
+            let state = state_of(&cluster, o, 4);
+            assert_ne!(
+                state.as_deref(),
+                Some("FAILED"),
+                "node {o} took node 4 for FAILED"
+            );
+            observations += 1;
+        }
+    }
+    let out = cluster.script(&["netem", "4", "clear"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(everyone_sees(&cluster, 4, "ALIVE"));
+    println!("10% loss on node 4 for 60 s: {observations} observations, never FAILED");
+
+    // Partition {1,2} | {3,4,5}: each side sees the other FAILED.
+    let out = cluster.script(&["partition", "1,2", "3,4,5"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let cut = Instant::now();
+    let side = |n: usize| n <= 2;
+    wait_for(
+        "both sides to fail each other",
+        Duration::from_secs(60),
+        || {
+            (1..=5)
+                .all(|o| {
+                    let Some(v) = view(&cluster, o) else {
+                        return false;
+                    };
+                    (1..=5).all(|n| {
+                        let want = if side(n) == side(o) {
+                            "ALIVE"
+                        } else {
+                            "FAILED"
+                        };
+                        v.get(&format!("node{n}")).map(|(s, _)| s.as_str()) == Some(want)
+                    })
+                })
+                .then_some(())
+        },
+    );
+    println!(
+        "partition 2|3 seen from both sides after {:.2?}",
+        cut.elapsed()
+    );
+    let side_of = |n: usize| -> String {
+        cluster
+            .connect(n)
+            .query_one("SELECT side FROM synapse.partition_status()", &[])
+            .unwrap()
+            .get(0)
+    };
+    for n in 1..=2 {
+        assert_eq!(side_of(n), "minority", "node {n}");
+    }
+    for n in 3..=5 {
+        assert_eq!(side_of(n), "majority", "node {n}");
+    }
+
+    let out = cluster.script(&["heal"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let healed = Instant::now();
+    wait_for("everyone ALIVE again", Duration::from_secs(60), || {
+        (1..=5)
+            .all(|n| everyone_sees(&cluster, n, "ALIVE"))
+            .then_some(())
+    });
+    println!(
+        "after heal, everyone ALIVE again in {:.2?}",
+        healed.elapsed()
+    );
+    for n in 1..=5 {
+        assert_eq!(side_of(n), "majority", "node {n}");
+    }
 }
