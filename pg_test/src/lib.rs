@@ -162,6 +162,45 @@ impl Cluster {
         );
     }
 
+    /// What SWIM on `observer` says of every member: name -> (state, incarnation); `None`
+    /// when the observer cannot answer.
+    pub fn members_seen_by(
+        &self,
+        observer: usize,
+    ) -> Option<std::collections::HashMap<String, (String, i64)>> {
+        let conninfo = format!(
+            "host={} port={} user=postgres dbname=postgres connect_timeout=2",
+            self.host(observer),
+            self.pg_port(observer)
+        );
+        let mut client = Client::connect(&conninfo, NoTls).ok()?;
+        let rows = client
+            .query(
+                "SELECT name, state, incarnation FROM synapse.members()",
+                &[],
+            )
+            .ok()?;
+        Some(
+            rows.iter()
+                .map(|r| (r.get(0), (r.get(1), r.get(2))))
+                .collect(),
+        )
+    }
+
+    /// The state of `node` as `observer` sees it.
+    pub fn state_seen_by(&self, observer: usize, node: usize) -> Option<String> {
+        self.members_seen_by(observer)?
+            .remove(&format!("node{node}"))
+            .map(|(s, _)| s)
+    }
+
+    /// Whether every other node sees `node` in `state`.
+    pub fn everyone_sees(&self, node: usize, state: &str) -> bool {
+        (1..=self.nodes)
+            .filter(|&o| o != node)
+            .all(|o| self.state_seen_by(o, node).as_deref() == Some(state))
+    }
+
     /// The postmaster's pid of `node`.
     pub fn postmaster_pid(&self, node: usize) -> i32 {
         let pidfile = self.dir.join(format!("node{node}/data/postmaster.pid"));

@@ -9,37 +9,16 @@ use std::time::{Duration, Instant};
 
 use synapse_pg_test::{signal, text, wait_for, Cluster};
 
-/// `observer`'s view: member name -> (state, incarnation); `None` if it cannot answer.
 fn view(cluster: &Cluster, observer: usize) -> Option<HashMap<String, (String, i64)>> {
-    let conninfo = format!(
-        "host={} port={} user=postgres dbname=postgres connect_timeout=2",
-        cluster.host(observer),
-        cluster.pg_port(observer)
-    );
-    let mut client = postgres::Client::connect(&conninfo, postgres::NoTls).ok()?;
-    let rows = client
-        .query(
-            "SELECT name, state, incarnation FROM synapse.members()",
-            &[],
-        )
-        .ok()?;
-    Some(
-        rows.iter()
-            .map(|r| (r.get(0), (r.get(1), r.get(2))))
-            .collect(),
-    )
+    cluster.members_seen_by(observer)
 }
 
 fn state_of(cluster: &Cluster, observer: usize, node: usize) -> Option<String> {
-    view(cluster, observer)?
-        .remove(&format!("node{node}"))
-        .map(|(s, _)| s)
+    cluster.state_seen_by(observer, node)
 }
 
 fn everyone_sees(cluster: &Cluster, node: usize, state: &str) -> bool {
-    (1..=cluster.nodes)
-        .filter(|&o| o != node)
-        .all(|o| state_of(cluster, o, node).as_deref() == Some(state))
+    cluster.everyone_sees(node, state)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
