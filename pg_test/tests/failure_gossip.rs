@@ -110,6 +110,28 @@ fn a_short_sigstop_is_not_a_failure_and_a_clean_stop_is_left() {
     );
     assert!(everyone_sees(&cluster, 3, "ALIVE"));
 
+    // Forged and corrupted datagrams are dropped and counted, and change nothing.
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let gossip = (cluster.host(1), cluster.pg_port(1) + 3);
+    udp.send_to(
+        b"SW1 a forged datagram without the cluster's key.....",
+        gossip,
+    )
+    .unwrap();
+    udp.send_to(b"not even ours", gossip).unwrap();
+    wait_for("the forgeries counted", Duration::from_secs(10), || {
+        let rejected: i64 = cluster
+            .connect(1)
+            .query_one(
+                "SELECT datagrams_rejected FROM synapse.gossip_status()",
+                &[],
+            )
+            .ok()?
+            .get(0);
+        (rejected >= 2).then_some(())
+    });
+    assert!(everyone_sees(&cluster, 1, "ALIVE"));
+
     // A clean shutdown says goodbye: LEFT, not FAILED; the others stay on the majority side.
     let out = cluster.script(&["stop", "5"]);
     assert!(out.status.success(), "{}", text(&out));

@@ -280,6 +280,10 @@ fn leadership_moves_on_request_and_removed_nodes_can_come_back() {
         .execute("SELECT synapse.remove_node('node3')", &[])
         .unwrap();
     assert_eq!(members(&cluster, 1), vec![1, 2]);
+    // SWIM shows the removed node LEFT, not FAILED.
+    wait_for("node 3 LEFT in SWIM", Duration::from_secs(10), || {
+        (cluster.state_seen_by(1, 3).as_deref() == Some("LEFT")).then_some(())
+    });
     wait_for(
         "node 3 to leave its cluster",
         Duration::from_secs(20),
@@ -329,4 +333,9 @@ fn leadership_moves_on_request_and_removed_nodes_can_come_back() {
     assert_eq!(stale, Some(2), "node 2 still thinks it is a member");
     assert_eq!(add(&mut admin, 2), 5);
     assert_eq!(members(&cluster, 2), vec![1, 4, 5]);
+    wait_for(
+        "the returned nodes ALIVE in SWIM",
+        Duration::from_secs(20),
+        || (cluster.everyone_sees(2, "ALIVE") && cluster.everyone_sees(3, "ALIVE")).then_some(()),
+    );
 }
