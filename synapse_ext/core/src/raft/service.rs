@@ -15,7 +15,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 use tonic::{Request, Response, Status};
 
-use super::messages::{LocalReply, LocalRequest, PeerRequest};
+use super::messages::{ErrorKind, LocalReply, LocalRequest, NodeError, PeerRequest};
 use super::node::{NodeProbe, RaftNode};
 use super::state_machine::CatalogSink;
 use crate::rpc::pb::cluster_server::{Cluster, ClusterServer};
@@ -99,21 +99,45 @@ pub async fn serve_local<S: CatalogSink, P: NodeProbe>(
     node: RaftNode<S, P>,
     listener: UnixListener,
 ) {
+    serve_json_lines(
+        listener,
+        LocalReply::Failed,
+        move |request: LocalRequest| {
+            let node = node.clone();
+            async move { node.handle_local(request).await }
+        },
+    )
+    .await
+}
+
+/// Serves a node's backends on `listener`: per connection, one JSON request line in and
+/// one JSON reply line out, from `answer`; a request that does not parse gets
+/// `refuse(error)`.
+pub async fn serve_json_lines<Q, A, F, Fut>(
+    listener: UnixListener,
+    refuse: fn(NodeError) -> A,
+    answer: F,
+) where
+    Q: serde::de::DeserializeOwned + Send + 'static,
+    A: serde::Serialize + Send + 'static,
+    F: Fn(Q) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = A> + Send + 'static,
+{
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let node = node.clone();
+        let answer = answer.clone();
         tokio::spawn(async move {
             let (read, mut write) = stream.into_split();
             let mut line = String::new();
             if BufReader::new(read).read_line(&mut line).await.is_err() {
                 return;
             }
-            let reply = match serde_json::from_str::<LocalRequest>(&line) {
-                Ok(request) => node.handle_local(request).await,
-                Err(e) => LocalReply::Failed(super::messages::NodeError::new(
-                    super::messages::ErrorKind::InvalidRequest,
+            let reply = match serde_json::from_str::<Q>(&line) {
+                Ok(request) => answer(request).await,
+                Err(e) => refuse(NodeError::new(
+                    ErrorKind::InvalidRequest,
                     format!("bad request: {e}"),
                 )),
             };

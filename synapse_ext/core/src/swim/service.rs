@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -15,7 +14,7 @@ use tokio::time::Instant;
 use super::node::{Config, Event, State, Swim};
 use super::wire::{decode, encode, Key};
 use crate::raft::messages::{ErrorKind, NodeError};
-use crate::raft::service::bind_local;
+use crate::raft::service::{bind_local, serve_json_lines};
 use crate::supervisor::LogLevel;
 
 /// What the worker's main thread decides the network side runs with.
@@ -390,38 +389,24 @@ pub async fn run(
     }
 }
 
-/// Answers backends on the Unix socket: one JSON request line, one JSON reply line.
+/// Answers backends on the Unix socket, through the gossip loop.
 async fn serve_local(listener: tokio::net::UnixListener, questions: mpsc::Sender<Question>) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let questions = questions.clone();
-        tokio::spawn(async move {
-            let (read, mut write) = stream.into_split();
-            let mut line = String::new();
-            if BufReader::new(read).read_line(&mut line).await.is_err() {
-                return;
+    serve_json_lines(
+        listener,
+        GossipReply::Failed,
+        move |request: GossipRequest| {
+            let questions = questions.clone();
+            async move {
+                let (tx, rx) = oneshot::channel();
+                let _ = questions.send((request, tx)).await;
+                rx.await.unwrap_or_else(|_| {
+                    GossipReply::Failed(NodeError::new(
+                        ErrorKind::Unavailable,
+                        "the gossip stopped",
+                    ))
+                })
             }
-            let reply = match serde_json::from_str::<GossipRequest>(&line) {
-                Ok(request) => {
-                    let (tx, rx) = oneshot::channel();
-                    let _ = questions.send((request, tx)).await;
-                    rx.await.unwrap_or_else(|_| {
-                        GossipReply::Failed(NodeError::new(
-                            ErrorKind::Unavailable,
-                            "the gossip stopped",
-                        ))
-                    })
-                }
-                Err(e) => GossipReply::Failed(NodeError::new(
-                    ErrorKind::InvalidRequest,
-                    format!("bad request: {e}"),
-                )),
-            };
-            let mut out = serde_json::to_vec(&reply).expect("serializable");
-            out.push(b'\n');
-            let _ = write.write_all(&out).await;
-        });
-    }
+        },
+    )
+    .await
 }
