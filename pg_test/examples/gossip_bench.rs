@@ -12,6 +12,11 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
 }
 
+/// 3 s of steady state plus a phase that moves by 0.37 s per trial.
+fn steady_pause(trial: usize) -> Duration {
+    Duration::from_millis(3000 + (trial as u64 * 370) % 1000)
+}
+
 fn sent(cluster: &Cluster, node: usize) -> i64 {
     cluster
         .connect(node)
@@ -46,6 +51,9 @@ fn main() {
 
         let mut detections = Vec::new();
         for t in 0..trials {
+            // Crash at a different phase of the probe schedule each time, in steady state:
+            // right after a node rejoins, every member has just probed the others.
+            std::thread::sleep(steady_pause(t));
             let victim = 2 + t % (n - 1);
             let crashed = Instant::now();
             cluster.crash(victim);
