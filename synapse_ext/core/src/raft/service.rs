@@ -82,8 +82,12 @@ pub async fn serve_grpc<S: CatalogSink, P: NodeProbe>(
         .await
 }
 
-/// Binds the backends' Unix socket at `path` (replacing a stale one), mode 0600.
+/// Binds the backends' Unix socket at `path` (replacing a stale one), mode 0600, creating
+/// its directory when needed (workers may start before the first one made it).
 pub fn bind_local(path: &Path) -> io::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
     match std::fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
