@@ -299,7 +299,12 @@ fn leadership_moves_on_request_and_removed_nodes_can_come_back() {
     );
 
     // Node 3 comes back with a new id: ids of removed nodes are never given again.
+    // (Admission waits for the node's worker to restart outside the cluster and for it to
+    // catch up as a learner: more than the default 10 s on a loaded 2-core machine.)
     let mut admin = cluster.connect(1);
+    admin
+        .batch_execute("SET synapse.raft_timeout = '60s'")
+        .unwrap();
     let add = |admin: &mut postgres::Client, node: usize| -> i64 {
         let port = cluster.pg_port(node) as i32;
         admin
