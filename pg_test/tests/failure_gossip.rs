@@ -192,6 +192,38 @@ fn packet_loss_is_not_failure_and_a_partition_is_seen_from_both_sides() {
     assert!(everyone_sees(&cluster, 4, "ALIVE"));
     println!("10% loss on node 4 for 60 s: {observations} observations, never FAILED");
 
+    // 200 ms of delay on everything node 4 sends for 20 s: its answers to a client arrive
+    // that much later, and a slow node is still no failed node.
+    let mut client = cluster.connect(4);
+    let round_trip = |client: &mut postgres::Client| {
+        let t = Instant::now();
+        client.simple_query("SELECT 1").unwrap();
+        t.elapsed()
+    };
+    let before = round_trip(&mut client);
+    let out = cluster.script(&["netem", "4", "delay=200"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let delayed = round_trip(&mut client);
+    assert!(
+        delayed >= Duration::from_millis(200) && delayed < Duration::from_millis(1000),
+        "a query to node 4 took {delayed:?} with 200 ms of delay"
+    );
+    let slow_from = Instant::now();
+    while slow_from.elapsed() < Duration::from_secs(20) {
+        for o in [1, 2, 3, 5] {
+            let state = state_of(&cluster, o, 4);
+            assert_ne!(state.as_deref(), Some("FAILED"), "node {o} took node 4 for FAILED");
+        }
+    }
+    let out = cluster.script(&["netem", "4", "clear"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let after = round_trip(&mut client);
+    assert!(after < Duration::from_millis(100), "a query to node 4 still took {after:?}");
+    assert!(everyone_sees(&cluster, 4, "ALIVE"));
+    println!(
+        "200 ms delay on node 4 for 20 s: never FAILED; a query's round trip {before:.1?} → {delayed:.1?} → {after:.1?}"
+    );
+
     // Partition {1,2} | {3,4,5}: each side sees the other FAILED.
     let out = cluster.script(&["partition", "1,2", "3,4,5"]);
     assert!(out.status.success(), "{}", text(&out));
