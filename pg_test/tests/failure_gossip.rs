@@ -212,13 +212,20 @@ fn packet_loss_is_not_failure_and_a_partition_is_seen_from_both_sides() {
     while slow_from.elapsed() < Duration::from_secs(20) {
         for o in [1, 2, 3, 5] {
             let state = state_of(&cluster, o, 4);
-            assert_ne!(state.as_deref(), Some("FAILED"), "node {o} took node 4 for FAILED");
+            assert_ne!(
+                state.as_deref(),
+                Some("FAILED"),
+                "node {o} took node 4 for FAILED"
+            );
         }
     }
     let out = cluster.script(&["netem", "4", "clear"]);
     assert!(out.status.success(), "{}", text(&out));
     let after = round_trip(&mut client);
-    assert!(after < Duration::from_millis(100), "a query to node 4 still took {after:?}");
+    assert!(
+        after < Duration::from_millis(100),
+        "a query to node 4 still took {after:?}"
+    );
     assert!(everyone_sees(&cluster, 4, "ALIVE"));
     println!(
         "200 ms delay on node 4 for 20 s: never FAILED; a query's round trip {before:.1?} → {delayed:.1?} → {after:.1?}"

@@ -43,8 +43,14 @@ fn main() -> ExitCode {
     };
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
     unsafe {
-        libc::signal(libc::SIGTERM, request_stop as extern "C" fn(libc::c_int) as libc::sighandler_t);
-        libc::signal(libc::SIGINT, request_stop as extern "C" fn(libc::c_int) as libc::sighandler_t);
+        libc::signal(
+            libc::SIGTERM,
+            request_stop as extern "C" fn(libc::c_int) as libc::sighandler_t,
+        );
+        libc::signal(
+            libc::SIGINT,
+            request_stop as extern "C" fn(libc::c_int) as libc::sighandler_t,
+        );
     }
     match run(queue_num, Duration::from_millis(delay_ms)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -73,7 +79,11 @@ fn run(queue_num: u16, delay: Duration) -> std::io::Result<()> {
                     msg.set_verdict(Verdict::Accept);
                     held.push_back((Instant::now() + delay, msg));
                 }
-                Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => break,
+                Err(e)
+                    if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted =>
+                {
+                    break
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -82,7 +92,9 @@ fn run(queue_num: u16, delay: Duration) -> std::io::Result<()> {
             let (_, msg) = held.pop_front().expect("front checked");
             queue.verdict(msg)?;
         }
-        let wait = held.front().map_or(POLL, |(due, _)| due.saturating_duration_since(now).min(POLL));
+        let wait = held.front().map_or(POLL, |(due, _)| {
+            due.saturating_duration_since(now).min(POLL)
+        });
         std::thread::sleep(wait);
     }
     for (_, msg) in held {
