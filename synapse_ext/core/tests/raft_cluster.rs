@@ -133,20 +133,12 @@ async fn three_nodes_agree_and_survive_the_loss_of_their_leader() {
         "{again:?}"
     );
     for (i, m) in members.iter().enumerate().skip(1) {
-        let pg_port = directory
-            .0
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|(_, a)| a.name == format!("n{}", i + 1))
-            .map(|(p, _)| *p)
-            .unwrap();
-        // Ask through n2 for n3: requests are forwarded to the leader.
+        // Ask through n2 for n3 (unlike `form`): requests are forwarded to the leader.
         let via = &members[i - 1].node;
         let reply = via
             .handle_local(LocalRequest::AddNode {
                 host: "127.0.0.1".into(),
-                port: pg_port,
+                port: pg_port(&directory, &m.node),
             })
             .await;
         assert_eq!(reply, LocalReply::NodeId(i as u64 + 1), "{reply:?}");

@@ -19,9 +19,7 @@ use synapse_core::raft::messages::{ErrorKind, LocalReply, LocalRequest, NodeErro
 
 /// The socket of this node's `worker` (`raft`, `gossip`).
 fn socket_path(worker: &str) -> PathBuf {
-    // SAFETY: DataDir is set at backend start and never changes.
-    let dir = unsafe { std::ffi::CStr::from_ptr(pg_sys::DataDir) };
-    PathBuf::from(dir.to_string_lossy().into_owned()).join(format!("synapse/{worker}.sock"))
+    super::synapse_dir().join(format!("{worker}.sock"))
 }
 
 /// Asks the raft worker; waits up to `timeout` for the answer; failures become ERRORs.

@@ -4,7 +4,6 @@
 //! tells the others it leaves, so they show it LEFT rather than FAILED.
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::PathBuf;
 use std::time::Duration;
 
 use pgrx::bgworkers::BackgroundWorker;
@@ -83,15 +82,9 @@ fn handle(envelope: Envelope<(LogLevel, String), ()>) {
     envelope.answer(());
 }
 
-fn data_dir() -> PathBuf {
-    // SAFETY: DataDir is set by the postmaster before any worker starts and never changes.
-    let dir = unsafe { std::ffi::CStr::from_ptr(pg_sys::DataDir) };
-    PathBuf::from(dir.to_string_lossy().into_owned())
-}
-
 fn settings() -> GossipSettings {
     let (interval, timeout, indirect, mult) = gucs::gossip_parameters();
-    let dir = data_dir().join("synapse");
+    let dir = crate::pg::synapse_dir();
     GossipSettings {
         name: gucs::node_name(),
         listen: SocketAddr::new(gucs::listen_ip(), gucs::gossip_port()),
@@ -109,9 +102,10 @@ fn settings() -> GossipSettings {
 
 /// The members and key as they are now; `None` when they cannot be read (yet).
 fn roster() -> Option<Roster> {
-    let identity: Option<Identity> = std::fs::read(data_dir().join("synapse/raft/identity.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
+    let identity: Option<Identity> =
+        std::fs::read(crate::pg::synapse_dir().join("raft/identity.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
     let rows = in_transaction(|| -> Option<Vec<(String, String, i32)>> {
         let exists = Spi::get_one::<bool>(
             "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'synapse')",

@@ -3,7 +3,6 @@
 //! applied batch (row changes plus the applied log id) in one transaction.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use pgrx::bgworkers::BackgroundWorker;
@@ -54,7 +53,7 @@ pub extern "C-unwind" fn synapse_raft_main(_arg: pg_sys::Datum) {
         .unwrap_or_else(|e| error!("synapse raft: could not read the catalog: {e}"));
 
     let (mailbox, inbox) = mailbox(1024).unwrap_or_else(|e| error!("synapse raft: mailbox: {e}"));
-    let dir = data_dir().join("synapse");
+    let dir = crate::pg::synapse_dir();
     let net = worker_net::start(
         settings(&dir),
         state,
@@ -217,12 +216,6 @@ fn load_state() -> Result<CatalogState, String> {
     .unwrap_or_default();
     let rows: CatalogRows = serde_json::from_str(&text).map_err(|e| e.to_string())?;
     Ok(CatalogState::from(rows))
-}
-
-fn data_dir() -> PathBuf {
-    // SAFETY: DataDir is set by the postmaster before any worker starts and never changes.
-    let dir = unsafe { std::ffi::CStr::from_ptr(pg_sys::DataDir) };
-    PathBuf::from(dir.to_string_lossy().into_owned())
 }
 
 fn settings(dir: &std::path::Path) -> RaftSettings {
