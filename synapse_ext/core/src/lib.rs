@@ -10,3 +10,4 @@ pub mod rpc;
 pub mod supervisor;
 pub mod swim;
 pub mod thread;
+pub mod tls;
