@@ -36,6 +36,42 @@ CREATE TABLE synapse.setting_catalog (
     updated_at_unix_ms bigint NOT NULL
 );
 
+-- The cluster CA: its certificate, its key sealed under the cluster secret (never in
+-- clear), and the revocation list in force.
+CREATE TABLE synapse.tls_catalog (
+    singleton bool PRIMARY KEY DEFAULT true CHECK (singleton),
+    ca_cert_pem text NOT NULL,
+    sealed_ca_key text NOT NULL,
+    crl_number bigint NOT NULL,
+    crl_pem text NOT NULL
+);
+REVOKE ALL ON synapse.tls_catalog FROM PUBLIC;
+
+-- Every certificate the CA issued and has not forgotten (expired ones are dropped).
+CREATE TABLE synapse.certificate_catalog (
+    serial text PRIMARY KEY,
+    node_id bigint NOT NULL,
+    node_name text NOT NULL,
+    sans text[] NOT NULL,
+    not_before_unix_ms bigint NOT NULL,
+    not_after_unix_ms bigint NOT NULL,
+    revoked_at_unix_ms bigint
+);
+
+CREATE VIEW synapse.certificates AS
+    SELECT serial, node_name AS node, sans,
+           to_timestamp(not_before_unix_ms / 1000.0) AS not_before,
+           to_timestamp(not_after_unix_ms / 1000.0) AS not_after,
+           CASE
+               WHEN revoked_at_unix_ms IS NOT NULL THEN 'revoked'
+               WHEN to_timestamp(not_after_unix_ms / 1000.0) <= now() THEN 'expired'
+               WHEN to_timestamp(not_after_unix_ms / 1000.0)
+                    - current_setting('synapse.cert_renew_before')::interval <= now() THEN 'renewing'
+               ELSE 'valid'
+           END AS status
+    FROM synapse.certificate_catalog;
+COMMENT ON VIEW synapse.certificates IS 'Certificates issued by the cluster CA, as agreed through Raft';
+
 CREATE VIEW synapse.nodes AS
     SELECT id, name, host, port, rpc_port, role, to_timestamp(joined_at_unix_ms / 1000.0) AS joined_at
     FROM synapse.node_catalog;

@@ -7,3 +7,7 @@ CREATE TRIGGER catalog_write_guard BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE
     FOR EACH STATEMENT EXECUTE FUNCTION synapse.catalog_write_guard();
 CREATE TRIGGER catalog_write_guard BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON synapse.setting_catalog
     FOR EACH STATEMENT EXECUTE FUNCTION synapse.catalog_write_guard();
+CREATE TRIGGER catalog_write_guard BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON synapse.tls_catalog
+    FOR EACH STATEMENT EXECUTE FUNCTION synapse.catalog_write_guard();
+CREATE TRIGGER catalog_write_guard BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON synapse.certificate_catalog
+    FOR EACH STATEMENT EXECUTE FUNCTION synapse.catalog_write_guard();

@@ -74,8 +74,35 @@ static GOSSIP_INDIRECT_CHECKS: GucSetting<i32> = GucSetting::<i32>::new(3);
 /// 5-node cluster under 5 s at the median).
 static GOSSIP_SUSPICION_MULT: GucSetting<i32> = GucSetting::<i32>::new(3);
 
+/// `synapse.cert_lifetime`: how long a node certificate is valid, in seconds (90 days).
+static CERT_LIFETIME: GucSetting<i32> = GucSetting::<i32>::new(90 * 24 * 3600);
+
+/// `synapse.cert_renew_before`: a certificate is renewed when less than this remains, in
+/// seconds (30 days).
+static CERT_RENEW_BEFORE: GucSetting<i32> = GucSetting::<i32>::new(30 * 24 * 3600);
+
 /// Registers every GUC and reserves the `synapse` prefix. Called once from `_PG_init`.
 pub fn init() {
+    GucRegistry::define_int_guc(
+        c"synapse.cert_lifetime",
+        c"How long node certificates issued by the cluster CA are valid.",
+        c"Shorten it (to minutes) only to test renewal.",
+        &CERT_LIFETIME,
+        60,
+        10 * 365 * 24 * 3600,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"synapse.cert_renew_before",
+        c"Renew a node certificate when less than this time remains.",
+        c"",
+        &CERT_RENEW_BEFORE,
+        10,
+        10 * 365 * 24 * 3600,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
     define_ms(
         c"synapse.gossip_probe_interval",
         c"Interval between SWIM failure-detection probes.",
@@ -311,6 +338,14 @@ pub fn election_timeout_ms() -> (u64, u64) {
 }
 
 /// SWIM parameters: probe interval and timeout (ms), indirect checks, suspicion multiplier.
+/// (`synapse.cert_lifetime`, `synapse.cert_renew_before`).
+pub fn cert_lifetimes() -> (std::time::Duration, std::time::Duration) {
+    (
+        std::time::Duration::from_secs(CERT_LIFETIME.get() as u64),
+        std::time::Duration::from_secs(CERT_RENEW_BEFORE.get() as u64),
+    )
+}
+
 pub fn gossip_parameters() -> (u64, u64, usize, u32) {
     (
         GOSSIP_PROBE_INTERVAL.get() as u64,

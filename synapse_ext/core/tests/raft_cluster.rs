@@ -69,6 +69,8 @@ async fn start(name: &str, dir: &std::path::Path, directory: &Directory) -> Memb
         raft_timeout: Duration::from_secs(10),
         max_voters: 5,
         snapshot_after_entries: 50,
+        tls_dir: dir.join(name).join("tls"),
+        cert_lifetime: Duration::from_secs(3600),
     };
     let listen = settings.listen;
     let node = RaftNode::open(
@@ -201,6 +203,59 @@ async fn three_nodes_agree_and_survive_the_loss_of_their_leader() {
         other.catalog_state().unwrap().catalog.settings["color"].value,
         "green"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_member_is_certified_by_the_cluster_ca() {
+    use std::os::unix::fs::PermissionsExt;
+    use synapse_core::tls::{CertInfo, TlsFiles};
+    let dir = std::env::temp_dir().join(format!("synapse-raft-tls-{}", std::process::id()));
+    let (members, _directory) = form(&dir, 3).await;
+    let last = &members[2].node;
+    assert_eq!(
+        last.handle_local(LocalRequest::ReadBarrier).await,
+        LocalReply::Done
+    );
+    let state = last.catalog_state().unwrap();
+    let tls = state
+        .catalog
+        .tls
+        .as_ref()
+        .expect("the CA is in the catalog");
+    let catalog_json = serde_json::to_string(&state.catalog).unwrap();
+    assert!(
+        !catalog_json.contains("PRIVATE KEY"),
+        "the CA key is in clear"
+    );
+    assert_eq!(state.catalog.certificates.len(), 3);
+    for (i, m) in members.iter().enumerate() {
+        let name = format!("n{}", i + 1);
+        let files = TlsFiles::new(dir.join(&name).join("tls"));
+        let material = files.load().unwrap().expect("installed TLS files");
+        assert_eq!(material.ca_pem, tls.ca.cert_pem);
+        let info = CertInfo::from_pem(&material.cert_pem).unwrap();
+        assert_eq!(info.node_id, Some(i as u64 + 1));
+        assert_eq!(info.common_name, name);
+        assert!(
+            info.sans.contains(&"127.0.0.1".to_string()),
+            "{:?}",
+            info.sans
+        );
+        let record = &state.catalog.certificates[&info.serial];
+        assert_eq!(record.node_name, name);
+        let mode = std::fs::metadata(files.path("node.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(!files.path("pending.key").exists());
+        let identity = m.node.identity().unwrap().unwrap();
+        assert_eq!(identity.cluster_secret.len(), 64);
+        // Every member can open the CA key (any of them may lead).
+        let secret = synapse_core::tls::ClusterSecret::from_hex(&identity.cluster_secret).unwrap();
+        synapse_core::tls::Signer::open(&tls.ca, &identity.cluster_id, &secret).unwrap();
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -192,6 +192,44 @@ fn cluster_setting(name: &str) -> Option<String> {
     .unwrap_or_else(|e| report(NodeError::new(ErrorKind::Internal, e.to_string())))
 }
 
+/// `synapse.tls_status()`: this node's certificate, the CA's fingerprint and the number of
+/// the revocation list in force (all NULL on a node outside any cluster).
+#[pg_extern(volatile)]
+#[allow(clippy::type_complexity)]
+fn tls_status() -> TableIterator<
+    'static,
+    (
+        name!(serial, Option<String>),
+        name!(sans, Vec<String>),
+        name!(not_after, Option<pgrx::datum::TimestampWithTimeZone>),
+        name!(days_left, Option<f64>),
+        name!(ca_fingerprint, Option<String>),
+        name!(crl_number, Option<i64>),
+    ),
+> {
+    let status = match ask(LocalRequest::TlsStatus) {
+        LocalReply::Tls(s) => s,
+        other => report(NodeError::new(
+            ErrorKind::Internal,
+            format!("unexpected answer {other:?}"),
+        )),
+    };
+    let not_after = status.not_after_unix.and_then(|t| {
+        pgrx::datum::TimestampWithTimeZone::try_from(pgrx::datum::datetime_support::to_timestamp(
+            t as f64,
+        ))
+        .ok()
+    });
+    TableIterator::once((
+        status.serial,
+        status.sans,
+        not_after,
+        status.seconds_left.map(|s| s as f64 / 86_400.0),
+        status.ca_fingerprint,
+        status.crl_number.map(|n| n as i64),
+    ))
+}
+
 /// `synapse.node_info()`: how this node describes itself to a leader admitting it.
 #[pg_extern(volatile)]
 fn node_info() -> pgrx::JsonB {

@@ -144,6 +144,14 @@ const UPSERT_SETTING: &str = "INSERT INTO synapse.setting_catalog \
      SELECT * FROM jsonb_populate_record(NULL::synapse.setting_catalog, $1::jsonb) \
      ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value, version = EXCLUDED.version, \
      updated_at_unix_ms = EXCLUDED.updated_at_unix_ms";
+const UPSERT_TLS: &str = "INSERT INTO synapse.tls_catalog \
+     SELECT * FROM jsonb_populate_record(NULL::synapse.tls_catalog, $1::jsonb || '{\"singleton\": true}') \
+     ON CONFLICT (singleton) DO UPDATE SET ca_cert_pem = EXCLUDED.ca_cert_pem, \
+     sealed_ca_key = EXCLUDED.sealed_ca_key, crl_number = EXCLUDED.crl_number, crl_pem = EXCLUDED.crl_pem";
+const UPSERT_CERTIFICATE: &str = "INSERT INTO synapse.certificate_catalog \
+     SELECT * FROM jsonb_populate_record(NULL::synapse.certificate_catalog, $1::jsonb) \
+     ON CONFLICT (serial) DO UPDATE SET revoked_at_unix_ms = EXCLUDED.revoked_at_unix_ms";
+const DELETE_CERTIFICATE: &str = "DELETE FROM synapse.certificate_catalog WHERE serial = $1";
 const SET_APPLIED: &str = "INSERT INTO synapse.raft_applied (state) VALUES ($1::jsonb) \
      ON CONFLICT (singleton) DO UPDATE SET state = EXCLUDED.state";
 
@@ -154,6 +162,9 @@ fn apply_change(change: &CatalogChange) -> Result<(), String> {
         ChangeKind::UpsertNode => UPSERT_NODE,
         ChangeKind::DeleteNode => DELETE_NODE,
         ChangeKind::UpsertSetting => UPSERT_SETTING,
+        ChangeKind::SetTls => UPSERT_TLS,
+        ChangeKind::UpsertCertificate => UPSERT_CERTIFICATE,
+        ChangeKind::DeleteCertificate => DELETE_CERTIFICATE,
     };
     run(sql, &arg)
 }
@@ -179,7 +190,13 @@ fn persist(batch: &AppliedBatch) -> Result<(), String> {
 }
 
 fn replace(state: &CatalogState) -> Result<(), String> {
-    for table in ["cluster_catalog", "node_catalog", "setting_catalog"] {
+    for table in [
+        "cluster_catalog",
+        "node_catalog",
+        "setting_catalog",
+        "tls_catalog",
+        "certificate_catalog",
+    ] {
         Spi::run(&format!("DELETE FROM synapse.{table}")).map_err(|e| e.to_string())?;
     }
     let rows = CatalogRows::from(state);
@@ -201,6 +218,18 @@ fn replace(state: &CatalogState) -> Result<(), String> {
             &serde_json::to_string(setting).map_err(|e| e.to_string())?,
         )?;
     }
+    if let Some(tls) = &rows.tls {
+        run(
+            UPSERT_TLS,
+            &serde_json::to_string(tls).map_err(|e| e.to_string())?,
+        )?;
+    }
+    for certificate in &rows.certificates {
+        run(
+            UPSERT_CERTIFICATE,
+            &serde_json::to_string(certificate).map_err(|e| e.to_string())?,
+        )?;
+    }
     set_applied(&rows.applied.unwrap_or_default())
 }
 
@@ -210,7 +239,9 @@ fn load_state() -> Result<CatalogState, String> {
            'applied', (SELECT state FROM synapse.raft_applied), \
            'cluster', (SELECT to_jsonb(c) - 'singleton' FROM synapse.cluster_catalog c), \
            'nodes', (SELECT coalesce(jsonb_agg(to_jsonb(n)), '[]') FROM synapse.node_catalog n), \
-           'settings', (SELECT coalesce(jsonb_agg(to_jsonb(s)), '[]') FROM synapse.setting_catalog s))::text",
+           'settings', (SELECT coalesce(jsonb_agg(to_jsonb(s)), '[]') FROM synapse.setting_catalog s), \
+           'tls', (SELECT to_jsonb(t) - 'singleton' FROM synapse.tls_catalog t), \
+           'certificates', (SELECT coalesce(jsonb_agg(to_jsonb(c)), '[]') FROM synapse.certificate_catalog c))::text",
     )
     .map_err(|e| e.to_string())?
     .unwrap_or_default();
@@ -241,6 +272,8 @@ fn settings(dir: &std::path::Path) -> RaftSettings {
         raft_timeout: Duration::from_millis(gucs::raft_timeout_ms()),
         max_voters: gucs::max_voters(),
         snapshot_after_entries: gucs::raft_snapshot_entries(),
+        tls_dir: crate::pg::synapse_dir().join("tls"),
+        cert_lifetime: gucs::cert_lifetimes().0,
     }
 }
 

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::types::{Command, CommandResult, NodeAddr, NodeId, Role};
+use crate::tls::CaBundle;
 
 /// The cluster's identity.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +42,28 @@ pub struct SettingRecord {
     pub updated_at_unix_ms: i64,
 }
 
+/// The cluster CA (its key sealed under the cluster secret) and the revocation list in
+/// force.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsCatalog {
+    pub ca: CaBundle,
+    pub crl_number: u64,
+    pub crl_pem: String,
+}
+
+/// A certificate the CA issued.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertRecord {
+    /// Lower-case hex.
+    pub serial: String,
+    pub node_id: NodeId,
+    pub node_name: String,
+    pub sans: Vec<String>,
+    pub not_before_unix_ms: i64,
+    pub not_after_unix_ms: i64,
+    pub revoked_at_unix_ms: Option<i64>,
+}
+
 /// One row change, as the catalog tables must see it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CatalogChange {
@@ -48,6 +71,9 @@ pub enum CatalogChange {
     UpsertNode(NodeRecord),
     DeleteNode(NodeId),
     UpsertSetting(SettingRecord),
+    SetTls(TlsCatalog),
+    UpsertCertificate(CertRecord),
+    DeleteCertificate(String),
 }
 
 /// The whole catalog; also the content of a snapshot.
@@ -56,6 +82,11 @@ pub struct Catalog {
     pub cluster: Option<ClusterInfo>,
     pub nodes: BTreeMap<NodeId, NodeRecord>,
     pub settings: BTreeMap<String, SettingRecord>,
+    #[serde(default)]
+    pub tls: Option<TlsCatalog>,
+    /// By serial.
+    #[serde(default)]
+    pub certificates: BTreeMap<String, CertRecord>,
 }
 
 impl Catalog {
@@ -140,6 +171,69 @@ impl Catalog {
                     return refused(format!("node {id} is not a member"));
                 }
                 (CommandResult::Done, vec![CatalogChange::DeleteNode(*id)])
+            }
+            Command::InitTls { ca, crl_pem } => {
+                if self.tls.is_some() {
+                    return refused("the cluster already has its certificate authority".into());
+                }
+                let tls = TlsCatalog {
+                    ca: ca.clone(),
+                    crl_number: 1,
+                    crl_pem: crl_pem.clone(),
+                };
+                self.tls = Some(tls.clone());
+                (CommandResult::Done, vec![CatalogChange::SetTls(tls)])
+            }
+            Command::RecordCertificate(record) => {
+                if self.certificates.contains_key(&record.serial) {
+                    return refused(format!("certificate {} is already recorded", record.serial));
+                }
+                self.certificates
+                    .insert(record.serial.clone(), record.clone());
+                (
+                    CommandResult::Done,
+                    vec![CatalogChange::UpsertCertificate(record.clone())],
+                )
+            }
+            Command::RevokeCertificates {
+                serials,
+                at_unix_ms,
+                crl_number,
+                crl_pem,
+            } => {
+                let Some(tls) = self.tls.as_mut() else {
+                    return refused("the cluster has no certificate authority".into());
+                };
+                if *crl_number <= tls.crl_number {
+                    // Signed against an older list: the leader signs again and retries.
+                    return refused(format!(
+                        "revocation list {crl_number} is not newer than list {}",
+                        tls.crl_number
+                    ));
+                }
+                if let Some(unknown) = serials.iter().find(|s| !self.certificates.contains_key(*s))
+                {
+                    return refused(format!("no certificate has serial {unknown}"));
+                }
+                tls.crl_number = *crl_number;
+                tls.crl_pem = crl_pem.clone();
+                let mut changes = vec![CatalogChange::SetTls(tls.clone())];
+                for serial in serials {
+                    let record = self.certificates.get_mut(serial).expect("checked");
+                    if record.revoked_at_unix_ms.is_none() {
+                        record.revoked_at_unix_ms = Some(*at_unix_ms);
+                        changes.push(CatalogChange::UpsertCertificate(record.clone()));
+                    }
+                }
+                (CommandResult::Done, changes)
+            }
+            Command::ForgetCertificates { serials } => {
+                let changes = serials
+                    .iter()
+                    .filter(|s| self.certificates.remove(*s).is_some())
+                    .map(|s| CatalogChange::DeleteCertificate(s.clone()))
+                    .collect();
+                (CommandResult::Done, changes)
             }
             Command::SetSetting {
                 name,
@@ -313,6 +407,57 @@ mod tests {
         let (_, changes) = c.apply(4, &up(2));
         assert_eq!(changes.len(), 1, "a lower id leaves the mark alone");
         assert_eq!(c.cluster.unwrap().last_node_id, 3);
+    }
+
+    #[test]
+    fn revocations_need_a_newer_list_and_known_serials() {
+        let mut c = Catalog::default();
+        let ca = CaBundle {
+            cert_pem: "ca".into(),
+            sealed_key: "sealed".into(),
+        };
+        let init = Command::InitTls {
+            ca,
+            crl_pem: "crl1".into(),
+        };
+        assert_eq!(c.apply(1, &init).0, CommandResult::Done);
+        assert!(matches!(c.apply(2, &init).0, CommandResult::Refused(_)));
+        let cert = |serial: &str| CertRecord {
+            serial: serial.into(),
+            node_id: 2,
+            node_name: "n2".into(),
+            sans: vec!["127.0.0.1".into()],
+            not_before_unix_ms: 0,
+            not_after_unix_ms: 10,
+            revoked_at_unix_ms: None,
+        };
+        c.apply(3, &Command::RecordCertificate(cert("aa")));
+        c.apply(4, &Command::RecordCertificate(cert("bb")));
+        let revoke = |serials: &[&str], number| Command::RevokeCertificates {
+            serials: serials.iter().map(|s| s.to_string()).collect(),
+            at_unix_ms: 5,
+            crl_number: number,
+            crl_pem: format!("crl{number}"),
+        };
+        assert!(
+            matches!(c.apply(5, &revoke(&["aa"], 1)).0, CommandResult::Refused(m) if m.contains("not newer"))
+        );
+        assert!(
+            matches!(c.apply(6, &revoke(&["zz"], 2)).0, CommandResult::Refused(m) if m.contains("zz"))
+        );
+        let (result, changes) = c.apply(7, &revoke(&["aa"], 2));
+        assert_eq!(result, CommandResult::Done);
+        assert_eq!(changes.len(), 2, "{changes:?}");
+        assert_eq!(c.tls.as_ref().unwrap().crl_number, 2);
+        assert_eq!(c.certificates["aa"].revoked_at_unix_ms, Some(5));
+        assert_eq!(c.certificates["bb"].revoked_at_unix_ms, None);
+        let (_, changes) = c.apply(
+            8,
+            &Command::ForgetCertificates {
+                serials: vec!["aa".into(), "cc".into()],
+            },
+        );
+        assert_eq!(changes, vec![CatalogChange::DeleteCertificate("aa".into())]);
     }
 
     #[test]

@@ -23,6 +23,8 @@ pub enum LocalRequest {
     Status,
     /// Make `node` (id or name) the leader.
     TransferLeadership { node: String },
+    /// This node's certificate, CA and revocation list (`synapse.tls_status()`).
+    TlsStatus,
 }
 
 /// SQLSTATE-like classes of failures, mapped to PostgreSQL error codes by the adapter.
@@ -77,12 +79,24 @@ pub struct RaftStatus {
     pub lease_remaining_ms: Option<u64>,
 }
 
+/// One row of `synapse.tls_status()`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsStatus {
+    pub serial: Option<String>,
+    pub sans: Vec<String>,
+    pub not_after_unix: Option<i64>,
+    pub seconds_left: Option<i64>,
+    pub ca_fingerprint: Option<String>,
+    pub crl_number: Option<u64>,
+}
+
 /// Answers to [`LocalRequest`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum LocalReply {
     NodeId(NodeId),
     Applied(CommandResult),
     Status(RaftStatus),
+    Tls(TlsStatus),
     Done,
     Failed(NodeError),
 }
@@ -105,13 +119,36 @@ pub enum PeerRequest {
         node_id: NodeId,
         cluster_id: String,
         gossip_key: String,
+        /// What this node needs to take part in TLS (absent for a cluster without a CA).
+        #[serde(default)]
+        tls: Option<JoinTls>,
     },
+    /// From the leader to a node it is about to admit: make a key and send a request to
+    /// certify it (the key stays on the node).
+    CertificateRequest,
     /// From the leader handing over leadership: start an election now (the leader has let
     /// its lease run out, and this node's log is as long as the leader's).
     StartElection,
     /// From the leader to a node removed from the membership: forget the cluster (its log,
     /// identity and catalog) so that it can be added again later.
     Leave { node_id: NodeId, cluster_id: String },
+}
+
+/// The TLS part of a [`PeerRequest::Join`].
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinTls {
+    /// The cluster secret (hex), which opens the CA key when this node leads.
+    pub cluster_secret: String,
+    pub ca_pem: String,
+    pub crl_pem: String,
+    /// The node's certificate, for the key of its last [`PeerRequest::CertificateRequest`].
+    pub cert_pem: String,
+}
+
+impl std::fmt::Debug for JoinTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinTls").finish_non_exhaustive()
+    }
 }
 
 /// What a node says about itself (`synapse.node_info()`) before a leader admits it.
@@ -131,6 +168,8 @@ pub enum PeerReply {
         result: CommandResult,
     },
     ReadIndex(u64),
+    /// A signing request (PEM), the answer to [`PeerRequest::CertificateRequest`].
+    Csr(String),
     NodeId(NodeId),
     Done,
     /// Not the leader; the leader's id and RPC address when known.

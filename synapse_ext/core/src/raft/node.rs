@@ -21,15 +21,18 @@ use openraft::{BasicNode, ChangeMembers, Config, Raft, ServerState, SnapshotPoli
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, OnceCell};
 
+use super::catalog::CertRecord;
 use super::log_store::{write_json_atomic, FileLogStore};
 use super::messages::{
     ErrorKind, LocalReply, LocalRequest, NodeError, PeerReply, PeerRequest, RaftStatus,
 };
+use super::messages::{JoinTls, TlsStatus};
 use super::network::{channel, Network};
 use super::state_machine::{CatalogSink, CatalogState, CatalogStateMachine};
 use super::types::{Command, CommandResult, NodeAddr, NodeId, Role, TypeConfig};
 use crate::rpc::pb::cluster_client::ClusterClient;
 use crate::rpc::{from_json, to_json};
+use crate::tls::{self, CertInfo, ClusterSecret, NodeCertSpec, Signer, TlsFiles};
 
 /// Settings of a node's Raft runtime (from the `synapse.*` GUCs).
 #[derive(Clone, Debug)]
@@ -49,6 +52,10 @@ pub struct RaftSettings {
     pub max_voters: usize,
     /// Build a snapshot (and compact the log) after this many entries.
     pub snapshot_after_entries: u64,
+    /// `$PGDATA/synapse/tls`: the node's certificate, key, CA and CRL.
+    pub tls_dir: PathBuf,
+    /// How long the certificates this node issues (when it leads) are valid.
+    pub cert_lifetime: Duration,
 }
 
 /// Which cluster this node belongs to, and as which node.
@@ -60,6 +67,10 @@ pub struct Identity {
     /// `init_cluster` and handed to each node as it joins.
     #[serde(default)]
     pub gossip_key: String,
+    /// The cluster secret (hex), which opens the CA key: made at `init_cluster` and
+    /// handed to each node as it joins. Back it up (see README, "TLS").
+    #[serde(default)]
+    pub cluster_secret: String,
 }
 
 /// Admits a PostgreSQL server into the cluster: asks it (over SQL) for its name and ports.
@@ -267,6 +278,7 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
                     .map(LocalReply::Applied),
                 LocalRequest::ReadBarrier => self.read_barrier().await.map(|()| LocalReply::Done),
                 LocalRequest::Status => Ok(LocalReply::Status(self.status())),
+                LocalRequest::TlsStatus => self.tls_status().map(LocalReply::Tls),
                 LocalRequest::AddNode { host, port } => self
                     .on_leader(PeerRequest::AddNode { host, port })
                     .await
@@ -317,6 +329,7 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
             node_id: 1,
             cluster_id: random_id(),
             gossip_key: random_id() + &random_id(),
+            cluster_secret: ClusterSecret::generate().to_hex().to_string(),
         };
         write_json_atomic(&self.identity_path(), &identity).map_err(internal)?;
         let running = self.start_raft(identity.node_id).await.map_err(internal)?;
@@ -346,7 +359,119 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
             at_unix_ms,
         })
         .await?;
+        self.init_tls(&identity).await?;
         Ok(identity.node_id)
+    }
+
+    fn tls_files(&self) -> TlsFiles {
+        TlsFiles::new(self.shared.settings.tls_dir.clone())
+    }
+
+    /// Creates the cluster's CA and certifies this first node.
+    async fn init_tls(&self, identity: &Identity) -> Result<(), NodeError> {
+        let secret = ClusterSecret::from_hex(&identity.cluster_secret).map_err(internal)?;
+        let now = SystemTime::now();
+        let ca = tls::create_ca(&identity.cluster_id, &secret, now).map_err(internal)?;
+        let signer = Signer::open(&ca, &identity.cluster_id, &secret).map_err(internal)?;
+        let crl_pem = signer
+            .crl(1, &[], now, now + tls::ca::CA_LIFETIME)
+            .map_err(internal)?;
+        self.propose_and_wait(Command::InitTls {
+            ca: ca.clone(),
+            crl_pem: crl_pem.clone(),
+        })
+        .await?;
+        let files = self.tls_files();
+        let csr = files
+            .certificate_request(&self.shared.settings.addr.name)
+            .map_err(internal)?;
+        let spec = self.cert_spec(
+            identity.node_id,
+            &identity.cluster_id,
+            &self.shared.settings.addr,
+        );
+        let cert_pem = signer
+            .issue(&csr, &spec, now, self.shared.settings.cert_lifetime)
+            .map_err(internal)?;
+        self.propose_and_wait(Command::RecordCertificate(cert_record(&cert_pem, &spec)?))
+            .await?;
+        files
+            .install_issued(&ca.cert_pem, &crl_pem, &cert_pem)
+            .map_err(internal)
+    }
+
+    fn cert_spec(&self, node_id: NodeId, cluster_id: &str, addr: &NodeAddr) -> NodeCertSpec {
+        NodeCertSpec {
+            cluster_id: cluster_id.to_string(),
+            node_id,
+            name: addr.name.clone(),
+            hosts: vec![addr.host.clone()],
+        }
+    }
+
+    /// On the leader: certifies the key of `csr` for node `spec`; the [`JoinTls`] to hand
+    /// to the node and the record for the catalog. `None` for a cluster without a CA.
+    fn certify(
+        &self,
+        running: &Running<S>,
+        csr: &str,
+        spec: &NodeCertSpec,
+    ) -> Result<Option<(JoinTls, CertRecord)>, NodeError> {
+        let state = running.sm.state();
+        let Some(ca) = state.catalog.tls.as_ref() else {
+            return Ok(None);
+        };
+        let identity = self
+            .identity()
+            .map_err(internal)?
+            .ok_or_else(|| internal("the leader has no identity"))?;
+        let secret = ClusterSecret::from_hex(&identity.cluster_secret).map_err(|e| {
+            failed(
+                ErrorKind::Internal,
+                format!("this node cannot sign certificates: {e}"),
+            )
+        })?;
+        let signer = Signer::open(&ca.ca, &identity.cluster_id, &secret).map_err(internal)?;
+        let cert_pem = signer
+            .issue(
+                csr,
+                spec,
+                SystemTime::now(),
+                self.shared.settings.cert_lifetime,
+            )
+            .map_err(internal)?;
+        let record = cert_record(&cert_pem, spec)?;
+        Ok(Some((
+            JoinTls {
+                cluster_secret: identity.cluster_secret.clone(),
+                ca_pem: ca.ca.cert_pem.clone(),
+                crl_pem: ca.crl_pem.clone(),
+                cert_pem,
+            },
+            record,
+        )))
+    }
+
+    /// This node's row of `synapse.tls_status()`.
+    fn tls_status(&self) -> Result<TlsStatus, NodeError> {
+        let Some(material) = self.tls_files().load().map_err(internal)? else {
+            return Ok(TlsStatus::default());
+        };
+        let cert = CertInfo::from_pem(&material.cert_pem).map_err(internal)?;
+        let ca = CertInfo::from_pem(&material.ca_pem).map_err(internal)?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        Ok(TlsStatus {
+            serial: Some(cert.serial.clone()),
+            sans: cert.sans.clone(),
+            not_after_unix: Some(cert.not_after_unix),
+            seconds_left: Some(cert.not_after_unix - now),
+            ca_fingerprint: Some(ca.fingerprint),
+            crl_number: self
+                .catalog_state()
+                .and_then(|s| s.catalog.tls.map(|t| t.crl_number)),
+        })
     }
 
     /// Proposes on the leader (forwarding when needed), then waits until this node applied it.
@@ -431,7 +556,13 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
                 node_id,
                 cluster_id,
                 gossip_key,
-            } => self.join(node_id, cluster_id, gossip_key).await,
+                tls,
+            } => self.join(node_id, cluster_id, gossip_key, tls).await,
+            PeerRequest::CertificateRequest => self
+                .tls_files()
+                .certificate_request(&self.shared.settings.addr.name)
+                .map(PeerReply::Csr)
+                .map_err(internal),
             PeerRequest::StartElection => self.start_election().await,
             PeerRequest::Leave {
                 node_id,
@@ -531,6 +662,7 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
         node_id: NodeId,
         cluster_id: String,
         gossip_key: String,
+        tls: Option<JoinTls>,
     ) -> Result<PeerReply, NodeError> {
         match self.identity().map_err(internal)? {
             Some(existing) if existing.node_id == node_id && existing.cluster_id == cluster_id => {
@@ -544,12 +676,20 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
                 ),
             )),
             None => {
+                let mut cluster_secret = String::new();
+                if let Some(tls) = tls {
+                    self.tls_files()
+                        .install_issued(&tls.ca_pem, &tls.crl_pem, &tls.cert_pem)
+                        .map_err(internal)?;
+                    cluster_secret = tls.cluster_secret;
+                }
                 write_json_atomic(
                     &self.identity_path(),
                     &Identity {
                         node_id,
                         cluster_id,
                         gossip_key,
+                        cluster_secret,
                     },
                 )
                 .map_err(internal)?;
@@ -665,6 +805,14 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
             .as_ref()
             .map(|c| c.cluster_id.clone())
             .unwrap_or_default();
+        let csr = match call_peer(&addr.rpc_endpoint(), &PeerRequest::CertificateRequest).await {
+            PeerReply::Csr(csr) => csr,
+            PeerReply::Failed(e) => return Err(e),
+            PeerReply::Unreachable(m) => return Err(failed(ErrorKind::Connection, m)),
+            other => return Err(unexpected(other)),
+        };
+        let certified = self.certify(running, &csr, &self.cert_spec(id, &cluster_id, &addr))?;
+        let (join_tls, cert) = certified.unzip();
         match call_peer(
             &addr.rpc_endpoint(),
             &PeerRequest::Join {
@@ -675,6 +823,7 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
                     .map_err(internal)?
                     .map(|i| i.gossip_key)
                     .unwrap_or_default(),
+                tls: join_tls,
             },
         )
         .await
@@ -715,7 +864,16 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
             .data
         {
             CommandResult::Refused(m) => Err(failed(ErrorKind::InvalidRequest, m)),
-            _ => Ok(id),
+            _ => {
+                if let Some(cert) = cert {
+                    running
+                        .raft
+                        .client_write(Command::RecordCertificate(cert))
+                        .await
+                        .map_err(raft_error)?;
+                }
+                Ok(id)
+            }
         }
     }
 
@@ -961,6 +1119,7 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
         let _ = std::fs::remove_dir_all(&gone);
         std::fs::rename(dir, &gone).map_err(internal)?;
         let _ = std::fs::remove_dir_all(&gone);
+        self.tls_files().remove_all().map_err(internal)?;
         running.sm.clear().await.map_err(internal)?;
         self.shared.left.send_replace(true);
         Ok(PeerReply::Done)
@@ -1121,6 +1280,20 @@ pub async fn call_peer(addr: &str, request: &PeerRequest) -> PeerReply {
             status.message()
         )),
     }
+}
+
+/// The catalog's record of the certificate `cert_pem`, issued as `spec` says.
+fn cert_record(cert_pem: &str, spec: &NodeCertSpec) -> Result<CertRecord, NodeError> {
+    let info = CertInfo::from_pem(cert_pem).map_err(internal)?;
+    Ok(CertRecord {
+        serial: info.serial,
+        node_id: spec.node_id,
+        node_name: spec.name.clone(),
+        sans: info.sans,
+        not_before_unix_ms: info.not_before_unix * 1000,
+        not_after_unix_ms: info.not_after_unix * 1000,
+        revoked_at_unix_ms: None,
+    })
 }
 
 fn internal(e: impl std::fmt::Display) -> NodeError {

@@ -3,9 +3,12 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::catalog::{Catalog, CatalogChange, ClusterInfo, NodeRecord, SettingRecord};
+use super::catalog::{
+    Catalog, CatalogChange, CertRecord, ClusterInfo, NodeRecord, SettingRecord, TlsCatalog,
+};
 use super::state_machine::{CatalogState, Membership};
 use super::types::{LogId, NodeAddr, NodeId, Role};
+use crate::tls::CaBundle;
 
 /// A row of `synapse.node_catalog`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,6 +63,40 @@ impl From<NodeRow> for NodeRecord {
     }
 }
 
+/// The row of `synapse.tls_catalog`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsRow {
+    pub ca_cert_pem: String,
+    /// The CA key, sealed under the cluster secret: never in clear.
+    pub sealed_ca_key: String,
+    pub crl_number: u64,
+    pub crl_pem: String,
+}
+
+impl From<&TlsCatalog> for TlsRow {
+    fn from(t: &TlsCatalog) -> Self {
+        TlsRow {
+            ca_cert_pem: t.ca.cert_pem.clone(),
+            sealed_ca_key: t.ca.sealed_key.clone(),
+            crl_number: t.crl_number,
+            crl_pem: t.crl_pem.clone(),
+        }
+    }
+}
+
+impl From<TlsRow> for TlsCatalog {
+    fn from(r: TlsRow) -> Self {
+        TlsCatalog {
+            ca: CaBundle {
+                cert_pem: r.ca_cert_pem,
+                sealed_key: r.sealed_ca_key,
+            },
+            crl_number: r.crl_number,
+            crl_pem: r.crl_pem,
+        }
+    }
+}
+
 /// `synapse.raft_applied.state`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct AppliedRow {
@@ -74,6 +111,10 @@ pub struct CatalogRows {
     pub cluster: Option<ClusterInfo>,
     pub nodes: Vec<NodeRow>,
     pub settings: Vec<SettingRecord>,
+    #[serde(default)]
+    pub tls: Option<TlsRow>,
+    #[serde(default)]
+    pub certificates: Vec<CertRecord>,
 }
 
 impl From<CatalogRows> for CatalogState {
@@ -92,6 +133,12 @@ impl From<CatalogRows> for CatalogState {
                     .into_iter()
                     .map(|s| (s.name.clone(), s))
                     .collect(),
+                tls: rows.tls.map(TlsCatalog::from),
+                certificates: rows
+                    .certificates
+                    .into_iter()
+                    .map(|c| (c.serial.clone(), c))
+                    .collect(),
             },
             last_applied: applied.last_applied,
             membership: applied.membership,
@@ -109,6 +156,8 @@ impl From<&CatalogState> for CatalogRows {
             cluster: state.catalog.cluster.clone(),
             nodes: state.catalog.nodes.values().map(NodeRow::from).collect(),
             settings: state.catalog.settings.values().cloned().collect(),
+            tls: state.catalog.tls.as_ref().map(TlsRow::from),
+            certificates: state.catalog.certificates.values().cloned().collect(),
         }
     }
 }
@@ -120,6 +169,9 @@ pub fn change_row(change: &CatalogChange) -> (ChangeKind, String) {
         CatalogChange::UpsertNode(n) => (ChangeKind::UpsertNode, json(&NodeRow::from(n))),
         CatalogChange::DeleteNode(id) => (ChangeKind::DeleteNode, id.to_string()),
         CatalogChange::UpsertSetting(s) => (ChangeKind::UpsertSetting, json(s)),
+        CatalogChange::SetTls(t) => (ChangeKind::SetTls, json(&TlsRow::from(t))),
+        CatalogChange::UpsertCertificate(c) => (ChangeKind::UpsertCertificate, json(c)),
+        CatalogChange::DeleteCertificate(serial) => (ChangeKind::DeleteCertificate, serial.clone()),
     }
 }
 
@@ -130,6 +182,9 @@ pub enum ChangeKind {
     UpsertNode,
     DeleteNode,
     UpsertSetting,
+    SetTls,
+    UpsertCertificate,
+    DeleteCertificate,
 }
 
 fn json<T: Serialize>(value: &T) -> String {
@@ -165,6 +220,28 @@ mod tests {
                 value: "b".into(),
                 at_unix_ms: 8,
             },
+        );
+        catalog.apply(
+            3,
+            &super::super::types::Command::InitTls {
+                ca: CaBundle {
+                    cert_pem: "ca".into(),
+                    sealed_key: "sealed".into(),
+                },
+                crl_pem: "crl".into(),
+            },
+        );
+        catalog.apply(
+            4,
+            &super::super::types::Command::RecordCertificate(CertRecord {
+                serial: "0a".into(),
+                node_id: 3,
+                node_name: "n3".into(),
+                sans: vec!["h".into()],
+                not_before_unix_ms: 1,
+                not_after_unix_ms: 2,
+                revoked_at_unix_ms: Some(2),
+            }),
         );
         let state = CatalogState {
             catalog,

@@ -69,6 +69,22 @@ pub enum Command {
         value: String,
         at_unix_ms: i64,
     },
+    /// The cluster's certificate authority, made by `init_cluster`, and its first CRL.
+    InitTls {
+        ca: crate::tls::CaBundle,
+        crl_pem: String,
+    },
+    /// The CA issued a certificate.
+    RecordCertificate(super::catalog::CertRecord),
+    /// Certificates revoked, with the CRL (numbered `crl_number`) that lists them all.
+    RevokeCertificates {
+        serials: Vec<String>,
+        at_unix_ms: i64,
+        crl_number: u64,
+        crl_pem: String,
+    },
+    /// Expired certificates dropped from the catalog (their files are gone too).
+    ForgetCertificates { serials: Vec<String> },
     /// Commands proposed concurrently, applied in order in one log entry (the leader
     /// batches proposals that arrive while the previous entry commits).
     Batch(Vec<Command>),

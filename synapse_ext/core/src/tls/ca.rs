@@ -149,19 +149,23 @@ pub struct NodeKey {
 /// Makes a key for node `name` and a request to certify it.
 pub fn new_node_key(name: &str) -> Result<NodeKey, TlsError> {
     let key = KeyPair::generate().map_err(rcgen_error("making a node key"))?;
+    Ok(NodeKey {
+        key_pem: Zeroizing::new(key.serialize_pem()),
+        csr_pem: signing_request(&key, name)?,
+    })
+}
+
+/// A request to certify `key` for node `name` (PEM). The CA decides what the certificate
+/// says; the request only proves the key.
+pub fn signing_request(key: &KeyPair, name: &str) -> Result<String, TlsError> {
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, name);
     params.distinguished_name = dn;
-    let csr = params
-        .serialize_request(&key)
-        .map_err(rcgen_error("making a signing request"))?;
-    Ok(NodeKey {
-        key_pem: Zeroizing::new(key.serialize_pem()),
-        csr_pem: csr
-            .pem()
-            .map_err(rcgen_error("encoding a signing request"))?,
-    })
+    params
+        .serialize_request(key)
+        .and_then(|csr| csr.pem())
+        .map_err(rcgen_error("making a signing request"))
 }
 
 /// A revoked certificate, as the CRL lists it.
@@ -170,6 +174,18 @@ pub struct Revoked {
     /// The serial in lower-case hex, as `synapse.certificates` shows it.
     pub serial: String,
     pub at_unix_ms: u64,
+}
+
+/// The CA key in clear (PEM). Only signing and the tests that look for leaks use it.
+pub fn open_ca_key(
+    bundle: &CaBundle,
+    cluster_id: &str,
+    secret: &ClusterSecret,
+) -> Result<Zeroizing<String>, TlsError> {
+    let key_pem = secret.open(&seal_context(cluster_id), &bundle.sealed_key)?;
+    String::from_utf8(key_pem.to_vec())
+        .map(Zeroizing::new)
+        .map_err(|_| TlsError::Certificate("the CA key is not PEM".into()))
 }
 
 /// The CA with its key opened: only on the leader, only while it signs.
@@ -183,10 +199,8 @@ impl Signer {
         cluster_id: &str,
         secret: &ClusterSecret,
     ) -> Result<Signer, TlsError> {
-        let key_pem = secret.open(&seal_context(cluster_id), &bundle.sealed_key)?;
-        let key_pem = std::str::from_utf8(&key_pem)
-            .map_err(|_| TlsError::Certificate("the CA key is not PEM".into()))?;
-        let key = KeyPair::from_pem(key_pem).map_err(rcgen_error("reading the CA key"))?;
+        let key_pem = open_ca_key(bundle, cluster_id, secret)?;
+        let key = KeyPair::from_pem(&key_pem).map_err(rcgen_error("reading the CA key"))?;
         let issuer = Issuer::from_ca_cert_pem(&bundle.cert_pem, key)
             .map_err(rcgen_error("reading the CA certificate"))?;
         Ok(Signer { issuer })

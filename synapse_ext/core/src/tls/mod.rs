@@ -10,12 +10,14 @@
 pub mod ca;
 pub mod cert;
 pub mod config;
+pub mod files;
 pub mod secret;
 pub mod transport;
 
 pub use ca::{create_ca, new_node_key, CaBundle, NodeCertSpec, NodeKey, Revoked, Signer};
 pub use cert::CertInfo;
 pub use config::{NodeTls, Tls};
+pub use files::TlsFiles;
 pub use secret::ClusterSecret;
 pub use transport::{HandshakeCounts, PeerIdentity};
 

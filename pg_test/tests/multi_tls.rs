@@ -1,0 +1,177 @@
+//! The cluster CA and node certificates on a real 3-node cluster: every member holds a
+//! certificate of the cluster CA for its name and address, `synapse.certificates` and
+//! `synapse.tls_status()` agree with the files, and the CA key appears in clear nowhere an
+//! operator or attacker could read: SQL results, server logs, the Raft log and snapshots.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use synapse_core::tls::ca::open_ca_key;
+use synapse_core::tls::{CaBundle, CertInfo, ClusterSecret};
+use synapse_pg_test::Cluster;
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files_under(&path, out);
+        } else {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn members_are_certified_and_the_ca_key_is_never_in_clear() {
+    let cluster = Cluster::up("multi_tls", 3, 8300);
+    let mut fingerprints = vec![];
+    for n in 1..=3 {
+        let mut client = cluster.connect(n);
+        let rows = client
+            .query(
+                "SELECT node, status, sans FROM synapse.certificates ORDER BY node",
+                &[],
+            )
+            .unwrap();
+        let seen: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        assert_eq!(
+            seen,
+            (1..=3)
+                .map(|i| (format!("node{i}"), "valid".to_string()))
+                .collect::<Vec<_>>(),
+            "as seen from node {n}"
+        );
+        let row = client
+            .query_one(
+                "SELECT serial, sans, days_left, ca_fingerprint, crl_number FROM synapse.tls_status()",
+                &[],
+            )
+            .unwrap();
+        let serial: String = row.get(0);
+        let sans: Vec<String> = row.get(1);
+        let days_left: f64 = row.get(2);
+        assert!((89.9..=90.0).contains(&days_left), "{days_left}");
+        assert!(sans.contains(&cluster.host(n).to_string()), "{sans:?}");
+        assert!(sans.contains(&format!("node{n}")), "{sans:?}");
+        assert_eq!(row.get::<_, i64>(4), 1);
+        fingerprints.push(row.get::<_, String>(3));
+        let owner: String = client
+            .query_one(
+                "SELECT node FROM synapse.certificates WHERE serial = $1",
+                &[&serial],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(owner, format!("node{n}"));
+
+        // The files: the node's certificate is the one the view names; its key is 0600.
+        let tls_dir = cluster.dir.join(format!("node{n}/data/synapse/tls"));
+        let cert = std::fs::read_to_string(tls_dir.join("node.pem")).unwrap();
+        assert_eq!(CertInfo::from_pem(&cert).unwrap().serial, serial);
+        let mode = std::fs::metadata(tls_dir.join("node.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "node.key mode");
+        let mode = std::fs::metadata(&tls_dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "tls directory mode");
+    }
+    assert!(
+        fingerprints.windows(2).all(|w| w[0] == w[1]),
+        "{fingerprints:?}"
+    );
+
+    // Open the CA key the way a leader does, then look for it everywhere else.
+    let mut client = cluster.connect(2);
+    let row = client
+        .query_one(
+            "SELECT t.ca_cert_pem, t.sealed_ca_key, c.cluster_id \
+             FROM synapse.tls_catalog t, synapse.cluster_catalog c",
+            &[],
+        )
+        .unwrap();
+    let bundle = CaBundle {
+        cert_pem: row.get(0),
+        sealed_key: row.get(1),
+    };
+    let cluster_id: String = row.get(2);
+    let identity: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(cluster.dir.join("node2/data/synapse/raft/identity.json")).unwrap(),
+    )
+    .unwrap();
+    let secret = ClusterSecret::from_hex(identity["cluster_secret"].as_str().unwrap()).unwrap();
+    let key_pem = open_ca_key(&bundle, &cluster_id, &secret).unwrap();
+    // The base64 body of the key, whatever its line breaks.
+    let body: String = key_pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    // Every P-256 PKCS#8 key starts with the same algorithm header; characters 52..88 of
+    // the base64 text lie inside the private scalar, which is this key's alone.
+    assert!(body.len() > 100, "{}", body.len());
+    let needle = &body[52..88];
+
+    let mut everything = String::new();
+    for n in 1..=3 {
+        let mut client = cluster.connect(n);
+        for table in [
+            "synapse.tls_catalog",
+            "synapse.certificate_catalog",
+            "synapse.cluster_catalog",
+            "synapse.setting_catalog",
+            "synapse.certificates",
+            "synapse.raft_applied",
+        ] {
+            for row in client
+                .simple_query(&format!("SELECT t::text FROM {table} t"))
+                .unwrap()
+            {
+                if let postgres::SimpleQueryMessage::Row(r) = row {
+                    everything.push_str(r.get(0).unwrap_or_default());
+                }
+            }
+        }
+        for row in client
+            .simple_query("SELECT t::text FROM synapse.tls_status() t")
+            .unwrap()
+        {
+            if let postgres::SimpleQueryMessage::Row(r) = row {
+                everything.push_str(r.get(0).unwrap_or_default());
+            }
+        }
+    }
+    assert!(
+        everything.contains("sealed-v1:"),
+        "the sealed key is in the catalog"
+    );
+    assert!(
+        !everything.contains(needle),
+        "the CA key is in clear in a SQL result"
+    );
+    assert!(
+        !everything.contains("PRIVATE KEY"),
+        "a private key is in a SQL result"
+    );
+
+    let mut files = vec![];
+    files_under(&cluster.dir, &mut files);
+    let mut searched = 0;
+    for file in files {
+        let name = file.to_string_lossy();
+        // The one place the key may be: nowhere. Node keys are other keys.
+        let Ok(bytes) = std::fs::read(&file) else {
+            continue;
+        };
+        searched += 1;
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(!text.contains(needle), "the CA key is in clear in {name}");
+        if name.ends_with(".log") || name.contains("/raft/") {
+            assert!(!text.contains("PRIVATE KEY"), "a private key in {name}");
+        }
+    }
+    assert!(searched > 10, "searched only {searched} files");
+}
