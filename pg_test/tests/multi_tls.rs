@@ -5,10 +5,58 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use synapse_core::tls::ca::open_ca_key;
 use synapse_core::tls::{CaBundle, CertInfo, ClusterSecret};
-use synapse_pg_test::Cluster;
+use synapse_pg_test::{wait_for, Cluster};
+
+/// Whether `openssl s_client`, presenting the certificate and key in `tls_dir`, gets
+/// through the TLS handshake at `addr` (the server sends an alert when it refuses).
+fn handshake_with(addr: &str, tls_dir: &Path) -> Result<(), String> {
+    let path = |f: &str| tls_dir.join(f).to_string_lossy().into_owned();
+    let mut child = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            addr,
+            "-verify_return_error",
+            "-alpn",
+            "h2",
+        ])
+        .args([
+            "-CAfile",
+            &path("ca.pem"),
+            "-cert",
+            &path("node.pem"),
+            "-key",
+            &path("node.key"),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("openssl is installed (scripts/setup installs it)");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        // An HTTP/2 preface: the server reads, so it has judged the certificate.
+        let _ = stdin.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if text.contains("Verify return code: 0 (ok)") && !text.contains("alert") {
+        Ok(())
+    } else {
+        Err(text)
+    }
+}
 
 /// Every file under `dir`, recursively.
 fn files_under(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
@@ -174,4 +222,63 @@ fn members_are_certified_and_the_ca_key_is_never_in_clear() {
         }
     }
     assert!(searched > 10, "searched only {searched} files");
+
+    // Revocation: node 3's certificate gets through node 1's RPC port, then is refused
+    // within 5 s of its revocation committing, while the rest of the cluster works on.
+    let rpc1 = format!("127.0.0.1:{}", cluster.pg_port(1) + 2);
+    let tls3 = cluster.dir.join("node3/data/synapse/tls");
+    handshake_with(&rpc1, &tls3).expect("node 3's certificate is valid before");
+    let revoked: i64 = cluster
+        .connect(2)
+        .query_one("SELECT synapse.revoke_node_certificates('node3')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(revoked, 1);
+    let committed = Instant::now();
+    wait_for(
+        "node 1 to refuse node 3's certificate",
+        Duration::from_secs(5),
+        || handshake_with(&rpc1, &tls3).is_err().then_some(()),
+    );
+    println!(
+        "node 3's certificate refused {:.2?} after its revocation committed",
+        committed.elapsed()
+    );
+    let mut client = cluster.connect(1);
+    client
+        .execute(
+            "SELECT synapse.set_cluster_setting('after_revocation', 'works')",
+            &[],
+        )
+        .unwrap();
+    let value: Option<String> = cluster
+        .connect(2)
+        .query_one("SELECT synapse.cluster_setting('after_revocation')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(value.as_deref(), Some("works"));
+    let status: String = client
+        .query_one(
+            "SELECT status FROM synapse.certificates WHERE node = 'node3'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "revoked");
+    let crl: i64 = client
+        .query_one("SELECT crl_number FROM synapse.tls_status()", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(crl, 2);
+    // Node 2's certificate still gets in.
+    handshake_with(&rpc1, &cluster.dir.join("node2/data/synapse/tls")).unwrap();
+
+    // Bad input: a serial nobody was given.
+    let err = client
+        .execute("SELECT synapse.revoke_certificate('00ff')", &[])
+        .unwrap_err();
+    let db = err.as_db_error().expect("a server error");
+    assert_eq!(db.code().code(), "22023", "{db:?}");
+    assert!(db.message().contains("no certificate has serial"), "{db:?}");
+    assert!(db.hint().is_some());
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use synapse_core::raft::messages::{
-    ErrorKind, LocalReply, LocalRequest, NodeDescription, NodeError,
+    ErrorKind, LocalReply, LocalRequest, NodeDescription, NodeError, PeerReply, PeerRequest,
 };
 use synapse_core::raft::node::{NodeProbe, RaftNode, RaftSettings};
 use synapse_core::raft::service::serve_grpc;
@@ -16,11 +16,23 @@ use synapse_core::raft::state_machine::{CatalogState, MemorySink};
 use synapse_core::raft::types::{Command, CommandResult, NodeAddr};
 use tokio::sync::oneshot;
 
-/// Answers "describe host:port" from a fixed table, as SQL would on real servers.
+/// Answers "describe host:port" from a fixed table, and hands admission requests to the
+/// node at host:port, as SQL would on real servers.
 #[derive(Clone, Default)]
-struct Directory(Arc<std::sync::Mutex<HashMap<u16, NodeAddr>>>);
+struct Directory(
+    Arc<std::sync::Mutex<HashMap<u16, NodeAddr>>>,
+    Arc<std::sync::Mutex<HashMap<u16, Node>>>,
+);
 
 impl NodeProbe for Directory {
+    async fn admit(&self, host: &str, port: u16, request: &PeerRequest) -> PeerReply {
+        let node = self.1.lock().unwrap().get(&port).cloned();
+        match node {
+            Some(node) => node.handle_admission(request.clone()).await,
+            None => PeerReply::Unreachable(format!("no server at {host}:{port}")),
+        }
+    }
+
     async fn describe(&self, host: &str, port: u16) -> Result<NodeDescription, NodeError> {
         let addr = self.0.lock().unwrap().get(&port).cloned();
         addr.map(|addr| NodeDescription {
@@ -82,7 +94,9 @@ async fn start(name: &str, dir: &std::path::Path, directory: &Directory) -> Memb
     .await
     .unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(serve_grpc(node.clone(), listen, async {
+    directory.1.lock().unwrap().insert(pg_port, node.clone());
+    let counts = Arc::new(synapse_core::tls::HandshakeCounts::default());
+    tokio::spawn(serve_grpc(node.clone(), listen, counts, async {
         let _ = stopped.await;
     }));
     Member {

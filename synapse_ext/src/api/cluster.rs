@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use pgrx::prelude::*;
 use synapse_core::raft::messages::{
-    ErrorKind, LocalReply, LocalRequest, NodeDescription, NodeError,
+    ErrorKind, LocalReply, LocalRequest, NodeDescription, NodeError, PeerRequest, RevokeTarget,
 };
 use synapse_core::raft::types::{Command, CommandResult, NodeAddr};
 
@@ -214,12 +214,9 @@ fn tls_status() -> TableIterator<
             format!("unexpected answer {other:?}"),
         )),
     };
-    let not_after = status.not_after_unix.and_then(|t| {
-        pgrx::datum::TimestampWithTimeZone::try_from(pgrx::datum::datetime_support::to_timestamp(
-            t as f64,
-        ))
-        .ok()
-    });
+    let not_after = status
+        .not_after_unix
+        .map(|t| pgrx::datum::datetime_support::to_timestamp(t as f64));
     TableIterator::once((
         status.serial,
         status.sans,
@@ -228,6 +225,64 @@ fn tls_status() -> TableIterator<
         status.ca_fingerprint,
         status.crl_number.map(|n| n as i64),
     ))
+}
+
+/// `synapse.revoke_certificate(serial)`: revokes one certificate of the cluster CA; every
+/// node refuses it for new connections once the new revocation list reaches it.
+#[pg_extern(volatile)]
+fn revoke_certificate(serial: &str) {
+    applied(ask(LocalRequest::Revoke(RevokeTarget::Serial(
+        serial.into(),
+    ))));
+}
+
+/// `synapse.revoke_node_certificates(node)`: revokes every certificate of a node (by name
+/// or id, also of a removed node); returns how many of its certificates are now revoked.
+#[pg_extern(volatile)]
+fn revoke_node_certificates(node: &str) -> i64 {
+    applied(ask(LocalRequest::Revoke(RevokeTarget::Node(node.into()))));
+    Spi::get_one_with_args::<i64>(
+        "SELECT count(*) FROM synapse.certificate_catalog \
+         WHERE (node_name = $1 OR node_id::text = $1) AND revoked_at_unix_ms IS NOT NULL",
+        &[node.into()],
+    )
+    .unwrap_or_else(|e| report(NodeError::new(ErrorKind::Internal, e.to_string())))
+    .unwrap_or(0)
+}
+
+/// `synapse.admission_call(request)`: how a leader reaches a node that holds no valid
+/// certificate of its cluster (being admitted, or removed): the request goes to this
+/// node's raft worker, the answer comes back as JSON. Superusers only: it is what
+/// `add_node` and `remove_node` on the leader use, authorised by this server's pg_hba.
+#[pg_extern(volatile)]
+fn admission_call(request: &str) -> String {
+    // SAFETY: superuser() reads the session's role; we are on the main thread.
+    if !unsafe { pg_sys::superuser() } {
+        pgrx::pg_sys::panic::ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "only a superuser may call synapse.admission_call()",
+            "admission_call",
+        )
+        .set_hint("The cluster's leader calls it while adding or removing this node.")
+        .report(PgLogLevel::ERROR);
+    }
+    let request: PeerRequest = serde_json::from_str(request).unwrap_or_else(|e| {
+        report(
+            NodeError::new(
+                ErrorKind::InvalidRequest,
+                format!("not an admission request: {e}"),
+            )
+            .hint("Run the same SynapseDB version on every node."),
+        )
+    });
+    let reply = match ask(LocalRequest::Admission(request)) {
+        LocalReply::Peer(reply) => reply,
+        other => report(NodeError::new(
+            ErrorKind::Internal,
+            format!("unexpected answer {other:?}"),
+        )),
+    };
+    serde_json::to_string(&reply).expect("serializable")
 }
 
 /// `synapse.node_info()`: how this node describes itself to a leader admitting it.

@@ -25,6 +25,19 @@ pub enum LocalRequest {
     TransferLeadership { node: String },
     /// This node's certificate, CA and revocation list (`synapse.tls_status()`).
     TlsStatus,
+    /// An admission request from a leader, relayed by `synapse.admission_call()`.
+    Admission(PeerRequest),
+    /// Revoke certificates; answers once the new CRL is applied on this node.
+    Revoke(RevokeTarget),
+}
+
+/// Which certificates to revoke.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RevokeTarget {
+    /// One certificate, by serial (hex).
+    Serial(String),
+    /// Every unrevoked certificate of a node, by name or id (also of a removed node).
+    Node(String),
 }
 
 /// SQLSTATE-like classes of failures, mapped to PostgreSQL error codes by the adapter.
@@ -97,6 +110,7 @@ pub enum LocalReply {
     Applied(CommandResult),
     Status(RaftStatus),
     Tls(TlsStatus),
+    Peer(PeerReply),
     Done,
     Failed(NodeError),
 }
@@ -126,6 +140,8 @@ pub enum PeerRequest {
     /// From the leader to a node it is about to admit: make a key and send a request to
     /// certify it (the key stays on the node).
     CertificateRequest,
+    /// To the leader: revoke certificates and publish the new CRL.
+    Revoke(RevokeTarget),
     /// From the leader handing over leadership: start an election now (the leader has let
     /// its lease run out, and this node's log is as long as the leader's).
     StartElection,

@@ -1,4 +1,5 @@
-//! openraft's network: one lazily connected gRPC channel per peer.
+//! openraft's network: one lazily connected gRPC channel per peer, over mutual TLS (the
+//! peer's certificate must name the node openraft addresses).
 //!
 //! Transport failures become `Unreachable` (openraft backs off before retrying) when the
 //! peer cannot be reached at all, and `NetworkError` (retried at once) otherwise; an error
@@ -17,35 +18,34 @@ use openraft::raft::{
 use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::types::{NodeId, TypeConfig};
 use crate::rpc::pb::raft_client::RaftClient;
 use crate::rpc::{from_json, to_json};
+use crate::tls::Tls;
 
-/// How long connecting to a peer may take before it counts as unreachable.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// A lazily connected channel to `host:port`.
-pub fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
-        .connect_lazy())
-}
+/// How long connecting to a peer (TCP and TLS) may take before it counts as unreachable.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Creates [`Peer`] clients for openraft.
-pub struct Network;
+pub struct Network {
+    /// The node's TLS configurations (none before it is certified).
+    pub tls: tokio::sync::watch::Receiver<Option<Tls>>,
+}
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Peer;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Peer {
-        Peer {
+        let mut peer = Peer {
             target,
             addr: node.addr.clone(),
-            client: channel(&node.addr).ok().map(RaftClient::new),
-        }
+            tls: self.tls.clone(),
+            client: None,
+        };
+        peer.connect();
+        peer
     }
 }
 
@@ -53,6 +53,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 pub struct Peer {
     target: NodeId,
     addr: String,
+    tls: tokio::sync::watch::Receiver<Option<Tls>>,
     client: Option<RaftClient<Channel>>,
 }
 
@@ -64,6 +65,19 @@ type Rpc<T, E = openraft::error::Infallible> =
 struct TransportError(String);
 
 impl Peer {
+    /// Makes the channel, once this node has its certificate.
+    fn connect(&mut self) {
+        if self.client.is_some() {
+            return;
+        }
+        let tls = self.tls.borrow().clone();
+        self.client = tls.and_then(|tls| {
+            crate::tls::transport::channel(&self.addr, tls, Some(self.target), CONNECT_TIMEOUT)
+                .ok()
+                .map(RaftClient::new)
+        });
+    }
+
     async fn call<Req, Resp, E>(
         &mut self,
         method: &'static str,
@@ -75,8 +89,12 @@ impl Peer {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
+        self.connect();
         let Some(client) = self.client.as_mut() else {
-            let e = TransportError(format!("bad peer address {:?}", self.addr));
+            let e = TransportError(format!(
+                "no TLS channel to {:?} (bad address, or no certificate yet)",
+                self.addr
+            ));
             return Err(RPCError::Unreachable(Unreachable::new(&e)));
         };
         let mut grpc = tonic::Request::new(to_json(request));

@@ -9,7 +9,7 @@
 //! is applied on the caller's own node (read-your-writes). Reads use a read index from the
 //! leader, confirmed by a quorum, and wait until the local catalog has caught up to it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -26,13 +26,14 @@ use super::log_store::{write_json_atomic, FileLogStore};
 use super::messages::{
     ErrorKind, LocalReply, LocalRequest, NodeError, PeerReply, PeerRequest, RaftStatus,
 };
-use super::messages::{JoinTls, TlsStatus};
-use super::network::{channel, Network};
+use super::messages::{JoinTls, RevokeTarget, TlsStatus};
+use super::network::{Network, CONNECT_TIMEOUT};
 use super::state_machine::{CatalogSink, CatalogState, CatalogStateMachine};
 use super::types::{Command, CommandResult, NodeAddr, NodeId, Role, TypeConfig};
 use crate::rpc::pb::cluster_client::ClusterClient;
 use crate::rpc::{from_json, to_json};
-use crate::tls::{self, CertInfo, ClusterSecret, NodeCertSpec, Signer, TlsFiles};
+use crate::tls::{self, CertInfo, ClusterSecret, NodeCertSpec, Signer, Tls, TlsFiles};
+use tonic::transport::Channel;
 
 /// Settings of a node's Raft runtime (from the `synapse.*` GUCs).
 #[derive(Clone, Debug)]
@@ -81,6 +82,16 @@ pub trait NodeProbe: Send + Sync + 'static {
         host: &str,
         port: u16,
     ) -> impl std::future::Future<Output = Result<super::messages::NodeDescription, NodeError>> + Send;
+
+    /// Sends an admission request ([`PeerRequest::CertificateRequest`], `Join`, `Leave`)
+    /// to the server at host:port over SQL: such a node holds no certificate of ours yet
+    /// (or no longer a valid one), so it cannot be reached over mutual TLS.
+    fn admit(
+        &self,
+        host: &str,
+        port: u16,
+        request: &PeerRequest,
+    ) -> impl std::future::Future<Output = PeerReply> + Send;
 }
 
 struct Running<S> {
@@ -129,6 +140,10 @@ struct Shared<S, P> {
     local: tokio::sync::RwLock<()>,
     /// Becomes true once this node has left its cluster (the worker then restarts).
     left: tokio::sync::watch::Sender<bool>,
+    /// The TLS configurations in force, once this node has its certificate.
+    tls: tokio::sync::watch::Sender<Option<Tls>>,
+    /// Channels to other members, by "id@address" (each reconnects by itself).
+    channels: Mutex<HashMap<String, Channel>>,
 }
 
 fn failed(kind: ErrorKind, message: impl Into<String>) -> NodeError {
@@ -168,12 +183,29 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
                 leading: tokio::sync::RwLock::new(()),
                 local: tokio::sync::RwLock::new(()),
                 left: tokio::sync::watch::channel(false).0,
+                tls: tokio::sync::watch::channel(None).0,
+                channels: Mutex::new(HashMap::new()),
             }),
         };
         if let Some(identity) = node.identity()? {
+            node.load_tls(&identity.cluster_id)?;
             node.start_raft(identity.node_id).await?;
         }
         Ok(node)
+    }
+
+    /// Puts this node's TLS files in force, when it has them.
+    fn load_tls(&self, cluster_id: &str) -> io::Result<()> {
+        if let Some(material) = self.tls_files().load()? {
+            let tls = Tls::new(&material, cluster_id).map_err(io::Error::other)?;
+            self.shared.tls.send_replace(Some(tls));
+        }
+        Ok(())
+    }
+
+    /// The TLS configurations in force; `None` until this node is certified.
+    pub fn tls(&self) -> tokio::sync::watch::Receiver<Option<Tls>> {
+        self.shared.tls.subscribe()
     }
 
     fn identity_path(&self) -> PathBuf {
@@ -216,9 +248,13 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
         .map_err(io::Error::other)?;
         let log = FileLogStore::open(s.dir.join("log"))?;
         let sm = CatalogStateMachine::open(s.dir.join("snapshot"), state, sink).await?;
-        let raft = Raft::new(id, Arc::new(config), Network, log.clone(), sm.clone())
+        let network = Network {
+            tls: self.shared.tls.subscribe(),
+        };
+        let raft = Raft::new(id, Arc::new(config), network, log.clone(), sm.clone())
             .await
             .map_err(io::Error::other)?;
+        tokio::spawn(self.clone().follow_crl(raft.metrics()));
         let (proposals, queue) = mpsc::channel(4 * MAX_BATCH);
         let proposing = Arc::new(tokio::sync::Mutex::new(()));
         tokio::spawn(batch_proposals(raft.clone(), queue, proposing.clone()));
@@ -279,6 +315,23 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
                 LocalRequest::ReadBarrier => self.read_barrier().await.map(|()| LocalReply::Done),
                 LocalRequest::Status => Ok(LocalReply::Status(self.status())),
                 LocalRequest::TlsStatus => self.tls_status().map(LocalReply::Tls),
+                LocalRequest::Admission(request) => {
+                    Ok(LocalReply::Peer(self.handle_admission(request).await))
+                }
+                LocalRequest::Revoke(target) => {
+                    match self.on_leader(PeerRequest::Revoke(target)).await? {
+                        PeerReply::Applied { index, result } => {
+                            self.wait_applied(index).await?;
+                            match result {
+                                CommandResult::Refused(m) => {
+                                    Err(failed(ErrorKind::InvalidRequest, m))
+                                }
+                                other => Ok(LocalReply::Applied(other)),
+                            }
+                        }
+                        other => Err(unexpected(other)),
+                    }
+                }
                 LocalRequest::AddNode { host, port } => self
                     .on_leader(PeerRequest::AddNode { host, port })
                     .await
@@ -397,7 +450,8 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
             .await?;
         files
             .install_issued(&ca.cert_pem, &crl_pem, &cert_pem)
-            .map_err(internal)
+            .map_err(internal)?;
+        self.load_tls(&identity.cluster_id).map_err(internal)
     }
 
     fn cert_spec(&self, node_id: NodeId, cluster_id: &str, addr: &NodeAddr) -> NodeCertSpec {
@@ -450,6 +504,133 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
             },
             record,
         )))
+    }
+
+    /// On the leader, holding the membership lock: revokes `target`'s certificates with a
+    /// new CRL that lists every revoked certificate.
+    async fn revoke(
+        &self,
+        running: &Running<S>,
+        target: RevokeTarget,
+    ) -> Result<PeerReply, NodeError> {
+        let state = running.sm.state();
+        let catalog = &state.catalog;
+        let tls = catalog.tls.as_ref().ok_or_else(|| {
+            failed(
+                ErrorKind::WrongState,
+                "the cluster has no certificate authority",
+            )
+        })?;
+        let serials: Vec<String> = match &target {
+            RevokeTarget::Serial(serial) => {
+                let serial = serial.trim().to_ascii_lowercase().replace(':', "");
+                if !catalog.certificates.contains_key(&serial) {
+                    return Err(failed(
+                        ErrorKind::InvalidRequest,
+                        format!("no certificate has serial \"{serial}\""),
+                    )
+                    .hint("SELECT serial, node FROM synapse.certificates lists them."));
+                }
+                vec![serial]
+            }
+            RevokeTarget::Node(node) => {
+                let id = node.parse::<NodeId>().ok();
+                let known = catalog
+                    .certificates
+                    .values()
+                    .any(|c| c.node_name == *node || Some(c.node_id) == id);
+                if !known {
+                    return Err(failed(
+                        ErrorKind::InvalidRequest,
+                        format!("no certificate was issued to node \"{node}\""),
+                    )
+                    .hint("SELECT serial, node FROM synapse.certificates lists them."));
+                }
+                catalog
+                    .certificates
+                    .values()
+                    .filter(|c| c.node_name == *node || Some(c.node_id) == id)
+                    .filter(|c| c.revoked_at_unix_ms.is_none())
+                    .map(|c| c.serial.clone())
+                    .collect()
+            }
+        };
+        let at_unix_ms = now_ms();
+        let listed: Vec<tls::Revoked> = catalog
+            .certificates
+            .values()
+            .filter_map(|c| {
+                let at = c
+                    .revoked_at_unix_ms
+                    .or(serials.contains(&c.serial).then_some(at_unix_ms))?;
+                Some(tls::Revoked {
+                    serial: c.serial.clone(),
+                    at_unix_ms: at.max(0) as u64,
+                })
+            })
+            .collect();
+        let identity = self
+            .identity()
+            .map_err(internal)?
+            .ok_or_else(|| internal("the leader has no identity"))?;
+        let secret = ClusterSecret::from_hex(&identity.cluster_secret).map_err(internal)?;
+        let signer = Signer::open(&tls.ca, &identity.cluster_id, &secret).map_err(internal)?;
+        let now = SystemTime::now();
+        let crl_number = tls.crl_number + 1;
+        let crl_pem = signer
+            .crl(crl_number, &listed, now, now + tls::ca::CA_LIFETIME)
+            .map_err(internal)?;
+        propose(
+            &running.raft,
+            vec![Command::RevokeCertificates {
+                serials,
+                at_unix_ms,
+                crl_number,
+                crl_pem,
+            }],
+        )
+        .await
+        .pop()
+        .expect("one outcome")
+    }
+
+    /// Keeps this node's CRL file and TLS configurations at the catalog's revocation list:
+    /// new connections are checked against a new list as soon as it is applied here.
+    async fn follow_crl(
+        self,
+        mut metrics: tokio::sync::watch::Receiver<openraft::RaftMetrics<NodeId, BasicNode>>,
+    ) {
+        let mut installed = 0;
+        loop {
+            let state = self.catalog_state();
+            if let Some(tls) = state.and_then(|s| s.catalog.tls) {
+                // On failure, tried again at the next change.
+                if tls.crl_number > installed && self.install_crl(&tls.crl_pem).is_ok() {
+                    installed = tls.crl_number;
+                }
+            }
+            if metrics.changed().await.is_err() {
+                return;
+            }
+            // Applied entries arrive in bursts: look at most every few milliseconds.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn install_crl(&self, crl_pem: &str) -> io::Result<()> {
+        let files = self.tls_files();
+        let Some(mut material) = files.load()? else {
+            return Ok(());
+        };
+        if material.crl_pems.concat() == crl_pem {
+            return Ok(());
+        }
+        material.crl_pems = vec![crl_pem.to_string()];
+        let tls = self.shared.tls.borrow().clone();
+        if let Some(tls) = tls {
+            tls.update(&material).map_err(io::Error::other)?;
+        }
+        files.write_crl(crl_pem)
     }
 
     /// This node's row of `synapse.tls_status()`.
@@ -523,7 +704,7 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
             let reply = match leader {
                 Some(leader) if leader == running.id => self.handle_peer(request.clone()).await,
                 Some(leader) => match leader_addr(&running.raft, leader) {
-                    Some(addr) => call_peer(&addr, &request).await,
+                    Some(addr) => self.call_member(leader, &addr, &request).await,
                     None => {
                         PeerReply::Unreachable(format!("the address of leader {leader} is unknown"))
                     }
@@ -549,8 +730,9 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
         }
     }
 
-    /// Answers a request from another node (or from `on_leader` on the leader itself).
-    pub async fn handle_peer(&self, request: PeerRequest) -> PeerReply {
+    /// Answers an admission request from a leader, which came over SQL (see
+    /// [`NodeProbe::admit`]).
+    pub async fn handle_admission(&self, request: PeerRequest) -> PeerReply {
         let result = match request {
             PeerRequest::Join {
                 node_id,
@@ -563,11 +745,36 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
                 .certificate_request(&self.shared.settings.addr.name)
                 .map(PeerReply::Csr)
                 .map_err(internal),
-            PeerRequest::StartElection => self.start_election().await,
             PeerRequest::Leave {
                 node_id,
                 cluster_id,
             } => self.leave(node_id, cluster_id).await,
+            other => Err(failed(
+                ErrorKind::InvalidRequest,
+                format!("{other:?} is not an admission request"),
+            )),
+        };
+        result.unwrap_or_else(PeerReply::Failed)
+    }
+
+    /// Answers a request from another member over mutual TLS (or from `on_leader` on the
+    /// leader itself).
+    pub async fn handle_peer(&self, request: PeerRequest) -> PeerReply {
+        if self
+            .raft()
+            .is_some_and(|r| r.metrics().borrow().state == ServerState::Shutdown)
+        {
+            // Leaving, or stopping: the caller should find the cluster elsewhere.
+            return PeerReply::Unreachable("this node's Raft has stopped".into());
+        }
+        let result = match request {
+            PeerRequest::Join { .. }
+            | PeerRequest::CertificateRequest
+            | PeerRequest::Leave { .. } => Err(failed(
+                ErrorKind::InvalidRequest,
+                "admission requests come over SQL, not from members",
+            )),
+            PeerRequest::StartElection => self.start_election().await,
             leader_only => match self.running() {
                 Err(e) => Err(e),
                 Ok(running) => {
@@ -643,6 +850,10 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
                     .await
                     .map(|()| PeerReply::Done)
             }
+            PeerRequest::Revoke(target) => {
+                let _serial = self.shared.membership.lock().await;
+                self.revoke(running, target).await
+            }
             PeerRequest::TransferLeadership { node } => {
                 let target = self.resolve(running, &node)?;
                 let _serial = self.shared.membership.lock().await;
@@ -676,6 +887,7 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
                 ),
             )),
             None => {
+                let identity_cluster = cluster_id.clone();
                 let mut cluster_secret = String::new();
                 if let Some(tls) = tls {
                     self.tls_files()
@@ -693,6 +905,7 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
                     },
                 )
                 .map_err(internal)?;
+                self.load_tls(&identity_cluster).map_err(internal)?;
                 self.start_raft(node_id).await.map_err(internal)?;
                 Ok(PeerReply::Done)
             }
@@ -743,15 +956,11 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
                 && !state.catalog.nodes.contains_key(&id)
             {
                 // Removed while it was unreachable, it still thinks it is a member.
-                let addr = NodeAddr {
-                    host: host.clone(),
-                    ..description.addr.clone()
-                };
                 let leave = PeerRequest::Leave {
                     node_id: id,
                     cluster_id: cluster_id.clone(),
                 };
-                match call_peer(&addr.rpc_endpoint(), &leave).await {
+                match self.shared.probe.admit(&host, port, &leave).await {
                     PeerReply::Done => {}
                     PeerReply::Failed(e) => return Err(e),
                     PeerReply::Unreachable(m) => return Err(failed(ErrorKind::Connection, m)),
@@ -805,7 +1014,12 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
             .as_ref()
             .map(|c| c.cluster_id.clone())
             .unwrap_or_default();
-        let csr = match call_peer(&addr.rpc_endpoint(), &PeerRequest::CertificateRequest).await {
+        let csr = match self
+            .shared
+            .probe
+            .admit(&host, port, &PeerRequest::CertificateRequest)
+            .await
+        {
             PeerReply::Csr(csr) => csr,
             PeerReply::Failed(e) => return Err(e),
             PeerReply::Unreachable(m) => return Err(failed(ErrorKind::Connection, m)),
@@ -813,20 +1027,24 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
         };
         let certified = self.certify(running, &csr, &self.cert_spec(id, &cluster_id, &addr))?;
         let (join_tls, cert) = certified.unzip();
-        match call_peer(
-            &addr.rpc_endpoint(),
-            &PeerRequest::Join {
-                node_id: id,
-                cluster_id,
-                gossip_key: self
-                    .identity()
-                    .map_err(internal)?
-                    .map(|i| i.gossip_key)
-                    .unwrap_or_default(),
-                tls: join_tls,
-            },
-        )
-        .await
+        match self
+            .shared
+            .probe
+            .admit(
+                &host,
+                port,
+                &PeerRequest::Join {
+                    node_id: id,
+                    cluster_id,
+                    gossip_key: self
+                        .identity()
+                        .map_err(internal)?
+                        .map(|i| i.gossip_key)
+                        .unwrap_or_default(),
+                    tls: join_tls,
+                },
+            )
+            .await
         {
             PeerReply::Done => {}
             PeerReply::Failed(e) => return Err(e),
@@ -932,25 +1150,35 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
             .catalog
             .nodes
             .get(&id)
-            .map(|n| n.addr.rpc_endpoint());
+            .map(|n| (n.addr.host.clone(), n.addr.pg_port));
         running
             .raft
             .client_write(Command::RemoveNode { id })
             .await
             .map_err(raft_error)?;
+        // A removed node may no longer speak for the cluster.
+        let has_certificates = running
+            .sm
+            .state()
+            .catalog
+            .certificates
+            .values()
+            .any(|c| c.node_id == id && c.revoked_at_unix_ms.is_none());
+        if has_certificates {
+            self.revoke(running, RevokeTarget::Node(id.to_string()))
+                .await?;
+        }
         // The node is out; tell it to forget the cluster so it can be added again. Sent
         // after this answer, and best effort: a node that misses it is told when it is
         // added again (see `add_node`).
-        if let (Some(addr), Some(cluster_id)) = (addr, self.cluster_id(running)) {
+        if let (Some((host, port)), Some(cluster_id)) = (addr, self.cluster_id(running)) {
+            let node = self.clone();
             tokio::spawn(async move {
-                call_peer(
-                    &addr,
-                    &PeerRequest::Leave {
-                        node_id: id,
-                        cluster_id,
-                    },
-                )
-                .await
+                let leave = PeerRequest::Leave {
+                    node_id: id,
+                    cluster_id,
+                };
+                node.shared.probe.admit(&host, port, &leave).await
             });
         }
         Ok(())
@@ -1037,7 +1265,10 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
             let (min, lease) = openraft_election_timeouts(settings);
             let margin = (min / 4).clamp(1, LEASE_MARGIN_MS);
             tokio::time::sleep(Duration::from_millis(lease + margin)).await;
-            match call_peer(&addr, &PeerRequest::StartElection).await {
+            match self
+                .call_member(target, &addr, &PeerRequest::StartElection)
+                .await
+            {
                 PeerReply::Done => {}
                 PeerReply::Failed(e) => return Err(e),
                 PeerReply::Unreachable(m) => return Err(failed(ErrorKind::Connection, m)),
@@ -1260,17 +1491,40 @@ fn leader_addr(raft: &Raft<TypeConfig>, leader: NodeId) -> Option<String> {
         .map(|n| n.addr.clone())
 }
 
-/// Sends a [`PeerRequest`] to the node at `addr`.
-pub async fn call_peer(addr: &str, request: &PeerRequest) -> PeerReply {
-    let channel = match channel(addr) {
-        Ok(c) => c,
-        Err(e) => {
-            return PeerReply::Failed(failed(
-                ErrorKind::Connection,
-                format!("bad address {addr}: {e}"),
-            ))
+impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
+    /// Sends a [`PeerRequest`] to member `id` at `addr`, over mutual TLS.
+    async fn call_member(&self, id: NodeId, addr: &str, request: &PeerRequest) -> PeerReply {
+        let channel = match self.member_channel(id, addr) {
+            Ok(c) => c,
+            Err(m) => return PeerReply::Unreachable(m),
+        };
+        call_channel(channel, addr, request).await
+    }
+
+    fn member_channel(&self, id: NodeId, addr: &str) -> Result<Channel, String> {
+        let key = format!("{id}@{addr}");
+        let mut channels = self
+            .shared
+            .channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = channels.get(&key) {
+            return Ok(c.clone());
         }
-    };
+        let tls = self
+            .shared
+            .tls
+            .borrow()
+            .clone()
+            .ok_or_else(|| "this node has no certificate yet".to_string())?;
+        let channel = tls::transport::channel(addr, tls, Some(id), CONNECT_TIMEOUT)
+            .map_err(|e| format!("bad address {addr}: {e}"))?;
+        channels.insert(key, channel.clone());
+        Ok(channel)
+    }
+}
+
+async fn call_channel(channel: Channel, addr: &str, request: &PeerRequest) -> PeerReply {
     match ClusterClient::new(channel).call(to_json(request)).await {
         Ok(reply) => from_json(&reply.into_inner()).unwrap_or_else(|e| {
             PeerReply::Failed(failed(ErrorKind::Connection, e.message().to_owned()))

@@ -5,7 +5,7 @@
 use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 
-use super::messages::{ErrorKind, NodeDescription, NodeError};
+use super::messages::{ErrorKind, NodeDescription, NodeError, PeerReply, PeerRequest};
 use super::node::NodeProbe;
 
 /// Connects as `user` to `database` on the candidate server.
@@ -14,8 +14,8 @@ pub struct PgProbe {
     pub database: String,
 }
 
-impl NodeProbe for PgProbe {
-    async fn describe(&self, host: &str, port: u16) -> Result<NodeDescription, NodeError> {
+impl PgProbe {
+    async fn connect(&self, host: &str, port: u16) -> Result<tokio_postgres::Client, NodeError> {
         let conninfo = format!(
             "host='{host}' port={port} user='{}' dbname='{}' connect_timeout=5 application_name='synapse add_node'",
             self.user, self.database
@@ -25,6 +25,36 @@ impl NodeProbe for PgProbe {
                 .hint("Check the host and port, and that this node may connect to it as user postgres.")
         })?;
         tokio::spawn(connection);
+        Ok(client)
+    }
+}
+
+impl NodeProbe for PgProbe {
+    async fn admit(&self, host: &str, port: u16, request: &PeerRequest) -> PeerReply {
+        let client = match self.connect(host, port).await {
+            Ok(c) => c,
+            Err(e) => return PeerReply::Unreachable(e.message),
+        };
+        let request = serde_json::to_string(request).expect("serializable");
+        let answer = client
+            .query_one("SELECT synapse.admission_call($1)", &[&request])
+            .await;
+        match answer {
+            Ok(row) => serde_json::from_str(row.get::<_, &str>(0)).unwrap_or_else(|e| {
+                PeerReply::Failed(NodeError::new(
+                    ErrorKind::Internal,
+                    format!("the server at {host}:{port} answered an unknown format: {e}"),
+                ))
+            }),
+            Err(e) => PeerReply::Failed(NodeError::new(
+                ErrorKind::Connection,
+                format!("the server at {host}:{port} refused the request: {e}"),
+            )),
+        }
+    }
+
+    async fn describe(&self, host: &str, port: u16) -> Result<NodeDescription, NodeError> {
+        let client = self.connect(host, port).await?;
         let row = client.query_one("SELECT synapse.node_info()::text", &[]).await.map_err(|e| {
             let missing = matches!(
                 e.code(),

@@ -1,5 +1,11 @@
-//! The node's servers: gRPC (`Raft` and `Cluster` services) for other nodes, and a Unix
-//! socket for this node's own backends (one JSON request line, one JSON reply line).
+//! The node's servers: gRPC (`Raft` and `Cluster` services) for other nodes, over mutual
+//! TLS, and a Unix socket for this node's own backends (one JSON request line, one JSON
+//! reply line).
+//!
+//! The gRPC port opens once the node holds a certificate of its cluster's CA, and admits
+//! only peers presenting one (see [`crate::tls::transport`]). A peer speaks only for
+//! itself: Raft messages must come from the node they name as candidate or leader, and
+//! cluster calls from a current member.
 //!
 //! The Unix socket lives in the data directory with mode 0600, so only the PostgreSQL OS
 //! user can reach it; backends use it because they must not start threads and can wait on
@@ -12,7 +18,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::UnixListener;
+use tokio::net::{TcpListener, UnixListener};
 use tonic::{Request, Response, Status};
 
 use super::messages::{ErrorKind, LocalReply, LocalRequest, NodeError, PeerRequest};
@@ -22,6 +28,8 @@ use crate::rpc::pb::cluster_server::{Cluster, ClusterServer};
 use crate::rpc::pb::raft_server::{Raft as RaftRpc, RaftServer};
 use crate::rpc::pb::Json;
 use crate::rpc::{from_json, to_json};
+use crate::tls::transport::incoming;
+use crate::tls::{HandshakeCounts, PeerIdentity};
 
 /// The largest message a peer may send (snapshots are chunked below this).
 const MAX_MESSAGE: usize = 64 * 1024 * 1024;
@@ -37,26 +45,48 @@ impl<S: CatalogSink, P: NodeProbe> RaftSvc<S, P> {
     }
 }
 
+/// The authenticated peer of a request (always there: the server only accepts such).
+fn peer<T>(request: &Request<T>) -> Result<&PeerIdentity, Status> {
+    request
+        .extensions()
+        .get::<PeerIdentity>()
+        .ok_or_else(|| Status::unauthenticated("no client certificate"))
+}
+
+/// Refuses a Raft message whose sender is not the node it names.
+fn speaks_for_itself<T>(request: &Request<T>, vote: &super::types::Vote) -> Result<(), Status> {
+    let peer = peer(request)?;
+    match vote.leader_id().voted_for() {
+        Some(id) if id == peer.node_id => Ok(()),
+        claimed => Err(Status::permission_denied(format!(
+            "node {} ({}) sent a Raft message for node {claimed:?}",
+            peer.node_id, peer.name
+        ))),
+    }
+}
+
 #[tonic::async_trait]
 impl<S: CatalogSink, P: NodeProbe> RaftRpc for RaftSvc<S, P> {
     async fn append_entries(&self, request: Request<Json>) -> Result<Response<Json>, Status> {
-        let result = self
-            .raft()?
-            .append_entries(from_json(request.get_ref())?)
-            .await;
+        let rpc: openraft::raft::AppendEntriesRequest<super::types::TypeConfig> =
+            from_json(request.get_ref())?;
+        speaks_for_itself(&request, &rpc.vote)?;
+        let result = self.raft()?.append_entries(rpc).await;
         Ok(Response::new(to_json(&result)))
     }
 
     async fn vote(&self, request: Request<Json>) -> Result<Response<Json>, Status> {
-        let result = self.raft()?.vote(from_json(request.get_ref())?).await;
+        let rpc: openraft::raft::VoteRequest<super::types::NodeId> = from_json(request.get_ref())?;
+        speaks_for_itself(&request, &rpc.vote)?;
+        let result = self.raft()?.vote(rpc).await;
         Ok(Response::new(to_json(&result)))
     }
 
     async fn install_snapshot(&self, request: Request<Json>) -> Result<Response<Json>, Status> {
-        let result = self
-            .raft()?
-            .install_snapshot(from_json(request.get_ref())?)
-            .await;
+        let rpc: openraft::raft::InstallSnapshotRequest<super::types::TypeConfig> =
+            from_json(request.get_ref())?;
+        speaks_for_itself(&request, &rpc.vote)?;
+        let result = self.raft()?.install_snapshot(rpc).await;
         Ok(Response::new(to_json(&result)))
     }
 }
@@ -64,22 +94,46 @@ impl<S: CatalogSink, P: NodeProbe> RaftRpc for RaftSvc<S, P> {
 #[tonic::async_trait]
 impl<S: CatalogSink, P: NodeProbe> Cluster for ClusterSvc<S, P> {
     async fn call(&self, request: Request<Json>) -> Result<Response<Json>, Status> {
+        let peer = peer(&request)?;
+        let member = self
+            .0
+            .catalog_state()
+            .is_some_and(|s| s.catalog.nodes.contains_key(&peer.node_id));
+        if !member {
+            return Err(Status::permission_denied(format!(
+                "node {} ({}) is not a member of the cluster",
+                peer.node_id, peer.name
+            )));
+        }
         let request: PeerRequest = from_json(request.get_ref())?;
         Ok(Response::new(to_json(&self.0.handle_peer(request).await)))
     }
 }
 
-/// Serves gRPC on `listen` until `shutdown` completes.
+/// Serves gRPC over mutual TLS on `listen` until `shutdown` completes; listens only once
+/// the node holds its certificate. `counts` tallies the handshakes.
 pub async fn serve_grpc<S: CatalogSink, P: NodeProbe>(
     node: RaftNode<S, P>,
     listen: SocketAddr,
+    counts: std::sync::Arc<HandshakeCounts>,
     shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), tonic::transport::Error> {
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut watch = node.tls();
+    let tls = tokio::select! {
+        tls = watch.wait_for(|t| t.is_some()) => match tls {
+            Ok(tls) => tls.clone().expect("waited for it"),
+            Err(_) => return Ok(()),
+        },
+        () = &mut shutdown => return Ok(()),
+    };
+    let listener = TcpListener::bind(listen).await?;
     tonic::transport::Server::builder()
         .add_service(RaftServer::new(RaftSvc(node.clone())).max_decoding_message_size(MAX_MESSAGE))
         .add_service(ClusterServer::new(ClusterSvc(node)).max_decoding_message_size(MAX_MESSAGE))
-        .serve_with_shutdown(listen, shutdown)
-        .await
+        .serve_with_incoming_shutdown(incoming(listener, tls, counts), shutdown)
+        .await?;
+    Ok(())
 }
 
 /// Binds the backends' Unix socket at `path` (replacing a stale one), mode 0600, creating

@@ -95,7 +95,8 @@ pub fn start(
         };
         tokio::spawn(serve_local(node.clone(), local));
         let left = node.clone();
-        match serve_grpc(node, listen, async move { left.left().await }).await {
+        let counts = std::sync::Arc::new(crate::tls::HandshakeCounts::default());
+        match serve_grpc(node, listen, counts, async move { left.left().await }).await {
             Ok(()) => {
                 let _ = mailbox.post(RaftMainRequest::Restart(
                     "synapse raft: this node left its cluster; restarting the worker".into(),
