@@ -59,7 +59,19 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Certificate lifetime and renewal margin of the nodes `start` makes.
+const CERTS: (Duration, Duration) = (Duration::from_secs(3600), Duration::from_secs(600));
+
 async fn start(name: &str, dir: &std::path::Path, directory: &Directory) -> Member {
+    start_with(name, dir, directory, CERTS).await
+}
+
+async fn start_with(
+    name: &str,
+    dir: &std::path::Path,
+    directory: &Directory,
+    (cert_lifetime, cert_renew_before): (Duration, Duration),
+) -> Member {
     let rpc_port = free_port();
     let pg_port = free_port();
     let addr = NodeAddr {
@@ -82,7 +94,8 @@ async fn start(name: &str, dir: &std::path::Path, directory: &Directory) -> Memb
         max_voters: 5,
         snapshot_after_entries: 50,
         tls_dir: dir.join(name).join("tls"),
-        cert_lifetime: Duration::from_secs(3600),
+        cert_lifetime,
+        cert_renew_before,
     };
     let listen = settings.listen;
     let node = RaftNode::open(
@@ -273,13 +286,70 @@ async fn every_member_is_certified_by_the_cluster_ca() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_renew_by_themselves_while_writes_go_on() {
+    let dir = std::env::temp_dir().join(format!("synapse-raft-renew-{}", std::process::id()));
+    // Certificates of 6 s, renewed when less than 4 s remain: every 2-3 s.
+    let certs = (Duration::from_secs(6), Duration::from_secs(4));
+    let (members, _directory) = form_with(&dir, 3, certs).await;
+    let serial = |m: &Member| m.node.tls().borrow().clone().unwrap().cert().serial;
+    let first: Vec<String> = members.iter().map(serial).collect();
+    let started = std::time::Instant::now();
+    let mut writes = 0;
+    // Longer than a certificate lives: without renewal, the cluster would stop.
+    while started.elapsed() < Duration::from_secs(9) {
+        for (i, m) in members.iter().enumerate() {
+            let reply = set(&m.node, "k", &format!("{writes}")).await;
+            assert_eq!(
+                reply,
+                LocalReply::Applied(CommandResult::Done),
+                "write {writes} through n{} after {:?}",
+                i + 1,
+                started.elapsed()
+            );
+            writes += 1;
+        }
+    }
+    for (i, m) in members.iter().enumerate() {
+        assert_ne!(serial(m), first[i], "n{} kept its first certificate", i + 1);
+    }
+    // Expired certificates leave the catalog.
+    let leader = &members[0].node;
+    assert_eq!(
+        leader.handle_local(LocalRequest::ReadBarrier).await,
+        LocalReply::Done
+    );
+    let state = leader.catalog_state().unwrap();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let stale = state
+        .catalog
+        .certificates
+        .values()
+        .filter(|c| c.not_after_unix_ms + 2_000 < now_ms)
+        .count();
+    assert_eq!(stale, 0, "expired certificates are still recorded");
+    println!("{writes} writes through every node while certificates renewed");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Starts `n` nodes and forms a cluster of them through `init_cluster` and `add_node`.
 async fn form(dir: &std::path::Path, n: usize) -> (Vec<Member>, Directory) {
+    form_with(dir, n, CERTS).await
+}
+
+async fn form_with(
+    dir: &std::path::Path,
+    n: usize,
+    certs: (Duration, Duration),
+) -> (Vec<Member>, Directory) {
     let _ = std::fs::remove_dir_all(dir);
     let directory = Directory::default();
     let mut members = vec![];
     for i in 1..=n {
-        members.push(start(&format!("n{i}"), dir, &directory).await);
+        members.push(start_with(&format!("n{i}"), dir, &directory, certs).await);
     }
     let init = members[0]
         .node

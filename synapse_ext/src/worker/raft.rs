@@ -274,6 +274,7 @@ fn settings(dir: &std::path::Path) -> RaftSettings {
         snapshot_after_entries: gucs::raft_snapshot_entries(),
         tls_dir: crate::pg::synapse_dir().join("tls"),
         cert_lifetime: gucs::cert_lifetimes().0,
+        cert_renew_before: gucs::cert_lifetimes().1,
     }
 }
 

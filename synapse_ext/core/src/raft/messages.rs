@@ -142,6 +142,9 @@ pub enum PeerRequest {
     CertificateRequest,
     /// To the leader: revoke certificates and publish the new CRL.
     Revoke(RevokeTarget),
+    /// To the leader, from member `node_id` itself (its certificate must say so): certify
+    /// this new key of mine.
+    Renew { node_id: NodeId, csr: String },
     /// From the leader handing over leadership: start an election now (the leader has let
     /// its lease run out, and this node's log is as long as the leader's).
     StartElection,
@@ -186,6 +189,11 @@ pub enum PeerReply {
     ReadIndex(u64),
     /// A signing request (PEM), the answer to [`PeerRequest::CertificateRequest`].
     Csr(String),
+    /// The answer to [`PeerRequest::Renew`]: the certificate, recorded at log `index`.
+    Certified {
+        cert_pem: String,
+        index: u64,
+    },
     NodeId(NodeId),
     Done,
     /// Not the leader; the leader's id and RPC address when known.

@@ -57,6 +57,8 @@ pub struct RaftSettings {
     pub tls_dir: PathBuf,
     /// How long the certificates this node issues (when it leads) are valid.
     pub cert_lifetime: Duration,
+    /// Renew this node's certificate when less than this remains.
+    pub cert_renew_before: Duration,
 }
 
 /// Which cluster this node belongs to, and as which node.
@@ -195,12 +197,20 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
     }
 
     /// Puts this node's TLS files in force, when it has them.
+    /// Every channel and the server share one [`Tls`]: a renewal updates it in place.
     fn load_tls(&self, cluster_id: &str) -> io::Result<()> {
-        if let Some(material) = self.tls_files().load()? {
-            let tls = Tls::new(&material, cluster_id).map_err(io::Error::other)?;
-            self.shared.tls.send_replace(Some(tls));
+        let Some(material) = self.tls_files().load()? else {
+            return Ok(());
+        };
+        let current = self.shared.tls.borrow().clone();
+        match current {
+            Some(tls) => tls.update(&material).map_err(io::Error::other),
+            None => {
+                let tls = Tls::new(&material, cluster_id).map_err(io::Error::other)?;
+                self.shared.tls.send_replace(Some(tls));
+                Ok(())
+            }
         }
-        Ok(())
     }
 
     /// The TLS configurations in force; `None` until this node is certified.
@@ -255,6 +265,7 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
             .await
             .map_err(io::Error::other)?;
         tokio::spawn(self.clone().follow_crl(raft.metrics()));
+        tokio::spawn(self.clone().maintain_certificates());
         let (proposals, queue) = mpsc::channel(4 * MAX_BATCH);
         let proposing = Arc::new(tokio::sync::Mutex::new(()));
         tokio::spawn(batch_proposals(raft.clone(), queue, proposing.clone()));
@@ -617,6 +628,129 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
         }
     }
 
+    /// The maintenance loop: renews this node's certificate when less than
+    /// `cert_renew_before` remains, and, on the leader, drops expired certificates from the
+    /// catalog. Failures are retried at the next round.
+    async fn maintain_certificates(self) {
+        let every = (self.shared.settings.cert_renew_before / 4)
+            .clamp(Duration::from_secs(1), Duration::from_secs(60));
+        let mut left = self.shared.left.subscribe();
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                _ = left.wait_for(|l| *l) => return,
+            }
+            let Ok(running) = self.running() else {
+                continue;
+            };
+            let _ = self.forget_expired(running).await;
+            let tls = self.shared.tls.borrow().clone();
+            let Some(tls) = tls else {
+                continue;
+            };
+            if tls.cert().remaining(SystemTime::now()) < self.shared.settings.cert_renew_before {
+                let _ = self.renew().await;
+            }
+        }
+    }
+
+    /// Asks the leader to certify a new key of this node, then puts it in force.
+    async fn renew(&self) -> Result<(), NodeError> {
+        let running = self.running()?;
+        let files = self.tls_files();
+        let csr = files
+            .certificate_request(&self.shared.settings.addr.name)
+            .map_err(internal)?;
+        let request = PeerRequest::Renew {
+            node_id: running.id,
+            csr,
+        };
+        let (cert_pem, index) = match self.on_leader(request).await? {
+            PeerReply::Certified { cert_pem, index } => (cert_pem, index),
+            other => return Err(unexpected(other)),
+        };
+        self.wait_applied(index).await?;
+        let state = running.sm.state();
+        let ca = state
+            .catalog
+            .tls
+            .as_ref()
+            .ok_or_else(|| internal("the cluster has no certificate authority"))?;
+        files
+            .install_issued(&ca.ca.cert_pem, &ca.crl_pem, &cert_pem)
+            .map_err(internal)?;
+        let cluster_id = self.cluster_id(running).unwrap_or_default();
+        self.load_tls(&cluster_id).map_err(internal)
+    }
+
+    /// On the leader: certifies a new key of member `node_id` (the caller's certificate
+    /// named it) and records the certificate.
+    async fn certify_renewal(
+        &self,
+        running: &Running<S>,
+        node_id: NodeId,
+        csr: &str,
+    ) -> Result<PeerReply, NodeError> {
+        let state = running.sm.state();
+        let node = state.catalog.nodes.get(&node_id).ok_or_else(|| {
+            failed(
+                ErrorKind::WrongState,
+                format!("node {node_id} is not a member"),
+            )
+        })?;
+        let cluster_id = self.cluster_id(running).unwrap_or_default();
+        let spec = self.cert_spec(node_id, &cluster_id, &node.addr);
+        let (join_tls, record) = self.certify(running, csr, &spec)?.ok_or_else(|| {
+            failed(
+                ErrorKind::WrongState,
+                "the cluster has no certificate authority",
+            )
+        })?;
+        let outcome = propose(&running.raft, vec![Command::RecordCertificate(record)])
+            .await
+            .pop()
+            .expect("one outcome")?;
+        match outcome {
+            PeerReply::Applied {
+                index,
+                result: CommandResult::Done,
+            } => Ok(PeerReply::Certified {
+                cert_pem: join_tls.cert_pem,
+                index,
+            }),
+            PeerReply::Applied {
+                result: CommandResult::Refused(m),
+                ..
+            } => Err(failed(ErrorKind::InvalidRequest, m)),
+            other => Ok(other),
+        }
+    }
+
+    /// On the leader: drops certificates that expired from the catalog.
+    async fn forget_expired(&self, running: &Running<S>) -> Result<(), NodeError> {
+        if running.raft.current_leader().await != Some(running.id) {
+            return Ok(());
+        }
+        let now = now_ms();
+        let serials: Vec<String> = running
+            .sm
+            .state()
+            .catalog
+            .certificates
+            .values()
+            .filter(|c| c.not_after_unix_ms < now)
+            .map(|c| c.serial.clone())
+            .collect();
+        if serials.is_empty() {
+            return Ok(());
+        }
+        propose(&running.raft, vec![Command::ForgetCertificates { serials }])
+            .await
+            .pop()
+            .expect("one outcome")
+            .map(|_| ())
+    }
+
     fn install_crl(&self, crl_pem: &str) -> io::Result<()> {
         let files = self.tls_files();
         let Some(mut material) = files.load()? else {
@@ -853,6 +987,9 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
             PeerRequest::Revoke(target) => {
                 let _serial = self.shared.membership.lock().await;
                 self.revoke(running, target).await
+            }
+            PeerRequest::Renew { node_id, csr } => {
+                self.certify_renewal(running, node_id, &csr).await
             }
             PeerRequest::TransferLeadership { node } => {
                 let target = self.resolve(running, &node)?;

@@ -105,7 +105,15 @@ impl<S: CatalogSink, P: NodeProbe> Cluster for ClusterSvc<S, P> {
                 peer.node_id, peer.name
             )));
         }
+        let peer_id = peer.node_id;
         let request: PeerRequest = from_json(request.get_ref())?;
+        if let PeerRequest::Renew { node_id, .. } = &request {
+            if *node_id != peer_id {
+                return Err(Status::permission_denied(format!(
+                    "node {peer_id} asked to renew the certificate of node {node_id}"
+                )));
+            }
+        }
         Ok(Response::new(to_json(&self.0.handle_peer(request).await)))
     }
 }
