@@ -73,6 +73,71 @@ fn files_under(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
     }
 }
 
+/// The certificate PostgreSQL at `addr` presents (`openssl s_client -starttls postgres`),
+/// verified against the cluster CA in `tls_dir`.
+fn pg_server_cert(addr: &str, tls_dir: &Path) -> String {
+    let out = Command::new("openssl")
+        .args([
+            "s_client",
+            "-starttls",
+            "postgres",
+            "-connect",
+            addr,
+            "-showcerts",
+        ])
+        .args(["-verify_return_error", "-verify_ip", "127.0.0.1", "-CAfile"])
+        .arg(tls_dir.join("ca.pem"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("openssl is installed");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains("Verify return code: 0 (ok)"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let start = text
+        .find("-----BEGIN CERTIFICATE-----")
+        .expect("a certificate");
+    let end = text[start..].find("-----END CERTIFICATE-----").unwrap() + start + 25;
+    text[start..end].to_string()
+}
+
+/// Runs a query over SSL (sslmode=verify-full against the cluster CA) as synapse_node on
+/// port `port`, presenting the certificate in `tls_dir` when `with_cert`; Ok(its output).
+fn psql_ssl(port: u16, tls_dir: &Path, with_cert: bool) -> Result<String, String> {
+    // libpq wants the key owned by the user running it, mode 0600.
+    let key = std::env::temp_dir().join(format!("synapse-test-key-{}", std::process::id()));
+    std::fs::copy(tls_dir.join("node.key"), &key).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut conninfo = format!(
+        "host=127.0.0.1 port={port} dbname=postgres user=synapse_node sslmode=verify-full sslrootcert={}",
+        tls_dir.join("ca.pem").display()
+    );
+    if with_cert {
+        conninfo += &format!(
+            " sslcert={} sslkey={}",
+            tls_dir.join("node.pem").display(),
+            key.display()
+        );
+    } else {
+        conninfo += " sslcert=/nonexistent sslkey=/nonexistent";
+    }
+    let out = Command::new("/usr/lib/postgresql/15/bin/psql")
+        .args([&conninfo, "-XAtc"])
+        .arg(
+            "SELECT ssl::text || '|' || current_user FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+        )
+        .output()
+        .expect("psql");
+    let _ = std::fs::remove_file(&key);
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
 #[test]
 fn members_are_certified_and_the_ca_key_is_never_in_clear() {
     let cluster = Cluster::up("multi_tls", 3, 8300);
@@ -223,6 +288,51 @@ fn members_are_certified_and_the_ca_key_is_never_in_clear() {
     }
     assert!(searched > 10, "searched only {searched} files");
 
+    // PostgreSQL's own port serves SSL with the node certificate (once the reload that
+    // the raft worker asked for has happened), and a node-to-node connection as
+    // synapse_node needs a client certificate of the cluster CA and verify-full.
+    cluster
+        .connect(2)
+        .batch_execute("CREATE ROLE synapse_node LOGIN")
+        .unwrap();
+    for n in 1..=3 {
+        wait_for(
+            &format!("node {n} to serve SSL"),
+            Duration::from_secs(10),
+            || {
+                let ssl: String = cluster
+                    .connect(n)
+                    .query_one("SHOW ssl", &[])
+                    .unwrap()
+                    .get(0);
+                (ssl == "on").then_some(())
+            },
+        );
+        let tls_dir = cluster.dir.join(format!("node{n}/data/synapse/tls"));
+        let shown = pg_server_cert(&format!("127.0.0.1:{}", cluster.pg_port(n)), &tls_dir);
+        let info = CertInfo::from_pem(&shown).unwrap();
+        let serial: String = cluster
+            .connect(n)
+            .query_one("SELECT serial FROM synapse.tls_status()", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            info.serial, serial,
+            "node {n}'s PostgreSQL port shows its certificate"
+        );
+        assert!(
+            info.sans.contains(&cluster.host(n).to_string()),
+            "{:?}",
+            info.sans
+        );
+    }
+    let node1_tls = cluster.dir.join("node1/data/synapse/tls");
+    let as_node1 = psql_ssl(cluster.pg_port(2), &node1_tls, true);
+    assert_eq!(as_node1.as_deref(), Ok("true|synapse_node"), "{as_node1:?}");
+    let without = psql_ssl(cluster.pg_port(2), &node1_tls, false);
+    let refused = without.expect_err("a connection without a client certificate");
+    assert!(refused.contains("certificate"), "{refused}");
+
     // Revocation: node 3's certificate gets through node 1's RPC port, then is refused
     // within 5 s of its revocation committing, while the rest of the cluster works on.
     let rpc1 = format!("127.0.0.1:{}", cluster.pg_port(1) + 2);
@@ -332,6 +442,21 @@ fn certificates_renew_by_themselves_under_a_workload() {
         "every node renewed within {:.1?}; {writes} writes, none failed",
         started.elapsed()
     );
+    // PostgreSQL's port serves the renewed certificate too (after its reload).
+    for n in 1..=3 {
+        let tls_dir = cluster.dir.join(format!("node{n}/data/synapse/tls"));
+        let addr = format!("127.0.0.1:{}", cluster.pg_port(n));
+        wait_for(
+            &format!("node {n}'s PostgreSQL to serve the renewed certificate"),
+            Duration::from_secs(10),
+            || {
+                let shown = CertInfo::from_pem(&pg_server_cert(&addr, &tls_dir))
+                    .unwrap()
+                    .serial;
+                (shown == serial(n)).then_some(())
+            },
+        );
+    }
     // Raft still works over the renewed certificates: a write through node 3 is read on 1.
     clients[2]
         .execute(

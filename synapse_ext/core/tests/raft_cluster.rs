@@ -96,6 +96,7 @@ async fn start_with(
         tls_dir: dir.join(name).join("tls"),
         cert_lifetime,
         cert_renew_before,
+        tls_changed: None,
     };
     let listen = settings.listen;
     let node = RaftNode::open(

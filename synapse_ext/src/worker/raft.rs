@@ -275,6 +275,7 @@ fn settings(dir: &std::path::Path) -> RaftSettings {
         tls_dir: crate::pg::synapse_dir().join("tls"),
         cert_lifetime: gucs::cert_lifetimes().0,
         cert_renew_before: gucs::cert_lifetimes().1,
+        tls_changed: Some(reload_postgres),
     }
 }
 
@@ -282,5 +283,16 @@ fn probe() -> PgProbe {
     PgProbe {
         user: "postgres".into(),
         database: gucs::database(),
+    }
+}
+
+/// Asks the postmaster to reload its configuration, so PostgreSQL's SSL picks up new TLS
+/// files. A plain signal: safe from the worker's network thread, which must not call into
+/// PostgreSQL.
+fn reload_postgres() {
+    // SAFETY: getppid and kill are async-signal-safe system calls; a background worker's
+    // parent is the postmaster.
+    unsafe {
+        libc::kill(libc::getppid(), libc::SIGHUP);
     }
 }

@@ -59,6 +59,9 @@ pub struct RaftSettings {
     pub cert_lifetime: Duration,
     /// Renew this node's certificate when less than this remains.
     pub cert_renew_before: Duration,
+    /// Called after this node's TLS files changed (the worker asks PostgreSQL to reload
+    /// its configuration, so its SSL uses them).
+    pub tls_changed: Option<fn()>,
 }
 
 /// Which cluster this node belongs to, and as which node.
@@ -202,6 +205,9 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
         let Some(material) = self.tls_files().load()? else {
             return Ok(());
         };
+        if let Some(changed) = self.shared.settings.tls_changed {
+            changed();
+        }
         let current = self.shared.tls.borrow().clone();
         match current {
             Some(tls) => tls.update(&material).map_err(io::Error::other),
@@ -764,7 +770,11 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
         if let Some(tls) = tls {
             tls.update(&material).map_err(io::Error::other)?;
         }
-        files.write_crl(crl_pem)
+        files.write_crl(crl_pem)?;
+        if let Some(changed) = self.shared.settings.tls_changed {
+            changed();
+        }
+        Ok(())
     }
 
     /// This node's row of `synapse.tls_status()`.

@@ -3,7 +3,10 @@
 //! - `ca.pem`: the cluster CA certificate;
 //! - `node.pem`, `node.key`: this node's certificate and key;
 //! - `crl.pem`: the revocation list in force;
-//! - `pending.key`: a key waiting for its certificate (joining or renewing).
+//! - `pending.key`: a key waiting for its certificate (joining or renewing);
+//! - `ssl.conf`: PostgreSQL's SSL settings pointing at these files, which
+//!   `postgresql.conf` includes (`include_if_exists = 'synapse/tls/ssl.conf'`), so that
+//!   PostgreSQL serves SSL with the node certificate once the node has one.
 //!
 //! Every file is written whole to a temporary name and renamed, so a crash leaves either
 //! the old file or the new one.
@@ -109,7 +112,27 @@ impl TlsFiles {
         self.write("ca.pem", tls.ca_pem.as_bytes(), 0o644)?;
         self.write("crl.pem", tls.crl_pems.concat().as_bytes(), 0o644)?;
         self.write("node.pem", tls.cert_pem.as_bytes(), 0o644)?;
-        self.write("node.key", tls.key_pem.as_bytes(), 0o600)
+        self.write("node.key", tls.key_pem.as_bytes(), 0o600)?;
+        self.write_pg_ssl_conf()
+    }
+
+    /// Writes `ssl.conf`: PostgreSQL serves SSL with the node certificate and checks client
+    /// certificates against the cluster CA and CRL.
+    pub fn write_pg_ssl_conf(&self) -> io::Result<()> {
+        let path = |f: &str| self.path(f).to_string_lossy().replace('\'', "''");
+        let conf = format!(
+            "# Written by SynapseDB: PostgreSQL's SSL with this node's certificate.\n\
+             ssl = on\n\
+             ssl_cert_file = '{}'\n\
+             ssl_key_file = '{}'\n\
+             ssl_ca_file = '{}'\n\
+             ssl_crl_file = '{}'\n",
+            path("node.pem"),
+            path("node.key"),
+            path("ca.pem"),
+            path("crl.pem"),
+        );
+        self.write("ssl.conf", conf.as_bytes(), 0o644)
     }
 
     pub fn write_crl(&self, crl_pem: &str) -> io::Result<()> {
