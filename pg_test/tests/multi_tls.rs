@@ -383,6 +383,26 @@ fn members_are_certified_and_the_ca_key_is_never_in_clear() {
     // Node 2's certificate still gets in.
     handshake_with(&rpc1, &cluster.dir.join("node2/data/synapse/tls")).unwrap();
 
+    // Rotation on demand, through any node.
+    let before: String = cluster
+        .connect(2)
+        .query_one("SELECT serial FROM synapse.tls_status()", &[])
+        .unwrap()
+        .get(0);
+    let rotated: Vec<String> = client
+        .query("SELECT synapse.rotate_certificates('node2')", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(rotated, vec!["node2".to_string()]);
+    let after: String = cluster
+        .connect(2)
+        .query_one("SELECT serial FROM synapse.tls_status()", &[])
+        .unwrap()
+        .get(0);
+    assert_ne!(before, after);
+
     // Bad input: a serial nobody was given.
     let err = client
         .execute("SELECT synapse.revoke_certificate('00ff')", &[])

@@ -284,6 +284,38 @@ async fn every_member_is_certified_by_the_cluster_ca() {
         let secret = synapse_core::tls::ClusterSecret::from_hex(&identity.cluster_secret).unwrap();
         synapse_core::tls::Signer::open(&tls.ca, &identity.cluster_id, &secret).unwrap();
     }
+
+    // Rotation on demand: one node, then every node, each renewing its own certificate.
+    let serial = |m: &Member| m.node.tls().borrow().clone().unwrap().cert().serial;
+    let before: Vec<String> = members.iter().map(serial).collect();
+    let reply = members[0]
+        .node
+        .handle_local(LocalRequest::RotateCertificates {
+            node: Some("n2".into()),
+        })
+        .await;
+    assert_eq!(reply, LocalReply::Names(vec!["n2".into()]));
+    assert_eq!(serial(&members[0]), before[0]);
+    assert_ne!(serial(&members[1]), before[1]);
+    let reply = members[2]
+        .node
+        .handle_local(LocalRequest::RotateCertificates { node: None })
+        .await;
+    assert_eq!(
+        reply,
+        LocalReply::Names(vec!["n1".into(), "n2".into(), "n3".into()])
+    );
+    assert!(members.iter().zip(&before).all(|(m, b)| serial(m) != *b));
+    let unknown = members[0]
+        .node
+        .handle_local(LocalRequest::RotateCertificates {
+            node: Some("n9".into()),
+        })
+        .await;
+    assert!(
+        matches!(&unknown, LocalReply::Failed(e) if e.kind == ErrorKind::InvalidRequest),
+        "{unknown:?}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -227,6 +227,21 @@ fn tls_status() -> TableIterator<
     ))
 }
 
+/// `synapse.rotate_certificates(node DEFAULT NULL)`: renews now the certificate of `node`
+/// (name or id), or of every member; returns the nodes that renewed.
+#[pg_extern(volatile)]
+fn rotate_certificates(node: default!(Option<&str>, "NULL")) -> SetOfIterator<'static, String> {
+    match ask(LocalRequest::RotateCertificates {
+        node: node.map(str::to_owned),
+    }) {
+        LocalReply::Names(names) => SetOfIterator::new(names),
+        other => report(NodeError::new(
+            ErrorKind::Internal,
+            format!("unexpected answer {other:?}"),
+        )),
+    }
+}
+
 /// `synapse.revoke_certificate(serial)`: revokes one certificate of the cluster CA; every
 /// node refuses it for new connections once the new revocation list reaches it.
 #[pg_extern(volatile)]

@@ -29,6 +29,9 @@ pub enum LocalRequest {
     Admission(PeerRequest),
     /// Revoke certificates; answers once the new CRL is applied on this node.
     Revoke(RevokeTarget),
+    /// Renew now the certificate of `node` (name or id), or of every member; answers with
+    /// the names of the nodes that renewed.
+    RotateCertificates { node: Option<String> },
 }
 
 /// Which certificates to revoke.
@@ -111,6 +114,7 @@ pub enum LocalReply {
     Status(RaftStatus),
     Tls(TlsStatus),
     Peer(PeerReply),
+    Names(Vec<String>),
     Done,
     Failed(NodeError),
 }
@@ -142,6 +146,8 @@ pub enum PeerRequest {
     CertificateRequest,
     /// To the leader: revoke certificates and publish the new CRL.
     Revoke(RevokeTarget),
+    /// From a member to another: renew your certificate now.
+    RenewNow,
     /// To the leader, from member `node_id` itself (its certificate must say so): certify
     /// this new key of mine.
     Renew { node_id: NodeId, csr: String },

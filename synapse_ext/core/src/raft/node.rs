@@ -111,6 +111,10 @@ struct Running<S> {
     proposing: Arc<tokio::sync::Mutex<()>>,
 }
 
+/// What [`RaftNode::renew`] returns.
+type RenewFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), NodeError>> + Send + 'a>>;
+
 /// A command waiting to be proposed, and who waits for its outcome.
 type Proposal = (Command, oneshot::Sender<Result<PeerReply, NodeError>>);
 
@@ -334,6 +338,9 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
                 LocalRequest::TlsStatus => self.tls_status().map(LocalReply::Tls),
                 LocalRequest::Admission(request) => {
                     Ok(LocalReply::Peer(self.handle_admission(request).await))
+                }
+                LocalRequest::RotateCertificates { node } => {
+                    self.rotate(node).await.map(LocalReply::Names)
                 }
                 LocalRequest::Revoke(target) => {
                     match self.on_leader(PeerRequest::Revoke(target)).await? {
@@ -660,33 +667,72 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
         }
     }
 
-    /// Asks the leader to certify a new key of this node, then puts it in force.
-    async fn renew(&self) -> Result<(), NodeError> {
+    /// Renews the certificate of `node` (or of every member) now, each node its own.
+    async fn rotate(&self, node: Option<String>) -> Result<Vec<String>, NodeError> {
+        self.read_barrier().await?;
         let running = self.running()?;
-        let files = self.tls_files();
-        let csr = files
-            .certificate_request(&self.shared.settings.addr.name)
-            .map_err(internal)?;
-        let request = PeerRequest::Renew {
-            node_id: running.id,
-            csr,
+        let targets: Vec<NodeId> = match node {
+            Some(node) => vec![self.resolve(running, &node)?],
+            None => running.sm.state().catalog.nodes.keys().copied().collect(),
         };
-        let (cert_pem, index) = match self.on_leader(request).await? {
-            PeerReply::Certified { cert_pem, index } => (cert_pem, index),
-            other => return Err(unexpected(other)),
-        };
-        self.wait_applied(index).await?;
         let state = running.sm.state();
-        let ca = state
-            .catalog
-            .tls
-            .as_ref()
-            .ok_or_else(|| internal("the cluster has no certificate authority"))?;
-        files
-            .install_issued(&ca.ca.cert_pem, &ca.crl_pem, &cert_pem)
-            .map_err(internal)?;
-        let cluster_id = self.cluster_id(running).unwrap_or_default();
-        self.load_tls(&cluster_id).map_err(internal)
+        let mut renewed = vec![];
+        for id in targets {
+            let node = &state.catalog.nodes[&id];
+            if id == running.id {
+                self.renew().await?;
+            } else {
+                match self
+                    .call_member(id, &node.addr.rpc_endpoint(), &PeerRequest::RenewNow)
+                    .await
+                {
+                    PeerReply::Done => {}
+                    PeerReply::Failed(e) => return Err(e),
+                    PeerReply::Unreachable(m) => {
+                        return Err(failed(ErrorKind::Connection, m).hint(format!(
+                            "Node {} is down or unreachable; it renews by itself once it is back.",
+                            node.addr.name
+                        )))
+                    }
+                    other => return Err(unexpected(other)),
+                }
+            }
+            renewed.push(node.addr.name.clone());
+        }
+        Ok(renewed)
+    }
+
+    /// Asks the leader to certify a new key of this node, then puts it in force.
+    /// Boxed, because renewing goes through the leader, which may answer a `RenewNow`
+    /// by renewing: the future is recursive.
+    fn renew(&self) -> RenewFuture<'_> {
+        Box::pin(async move {
+            let running = self.running()?;
+            let files = self.tls_files();
+            let csr = files
+                .certificate_request(&self.shared.settings.addr.name)
+                .map_err(internal)?;
+            let request = PeerRequest::Renew {
+                node_id: running.id,
+                csr,
+            };
+            let (cert_pem, index) = match self.on_leader(request).await? {
+                PeerReply::Certified { cert_pem, index } => (cert_pem, index),
+                other => return Err(unexpected(other)),
+            };
+            self.wait_applied(index).await?;
+            let state = running.sm.state();
+            let ca = state
+                .catalog
+                .tls
+                .as_ref()
+                .ok_or_else(|| internal("the cluster has no certificate authority"))?;
+            files
+                .install_issued(&ca.ca.cert_pem, &ca.crl_pem, &cert_pem)
+                .map_err(internal)?;
+            let cluster_id = self.cluster_id(running).unwrap_or_default();
+            self.load_tls(&cluster_id).map_err(internal)
+        })
     }
 
     /// On the leader: certifies a new key of member `node_id` (the caller's certificate
@@ -919,6 +965,7 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
                 "admission requests come over SQL, not from members",
             )),
             PeerRequest::StartElection => self.start_election().await,
+            PeerRequest::RenewNow => self.renew().await.map(|()| PeerReply::Done),
             leader_only => match self.running() {
                 Err(e) => Err(e),
                 Ok(running) => {
