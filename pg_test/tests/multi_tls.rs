@@ -9,30 +9,34 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use synapse_core::tls::ca::open_ca_key;
-use synapse_core::tls::{CaBundle, CertInfo, ClusterSecret};
+use synapse_core::tls::{
+    create_ca, new_node_key, CaBundle, CertInfo, ClusterSecret, NodeCertSpec, Signer,
+};
 use synapse_pg_test::{wait_for, Cluster};
 
 /// Whether `openssl s_client`, presenting the certificate and key in `tls_dir`, gets
 /// through the TLS handshake at `addr` (the server sends an alert when it refuses).
 fn handshake_with(addr: &str, tls_dir: &Path) -> Result<(), String> {
+    handshake(addr, tls_dir, true)
+}
+
+/// Like [`handshake_with`]; without `with_cert`, openssl presents no certificate.
+fn handshake(addr: &str, tls_dir: &Path, with_cert: bool) -> Result<(), String> {
     let path = |f: &str| tls_dir.join(f).to_string_lossy().into_owned();
-    let mut child = Command::new("openssl")
-        .args([
-            "s_client",
-            "-connect",
-            addr,
-            "-verify_return_error",
-            "-alpn",
-            "h2",
-        ])
-        .args([
-            "-CAfile",
-            &path("ca.pem"),
-            "-cert",
-            &path("node.pem"),
-            "-key",
-            &path("node.key"),
-        ])
+    let mut cmd = Command::new("openssl");
+    cmd.args([
+        "s_client",
+        "-connect",
+        addr,
+        "-verify_return_error",
+        "-alpn",
+        "h2",
+    ])
+    .args(["-CAfile", &path("ca.pem")]);
+    if with_cert {
+        cmd.args(["-cert", &path("node.pem"), "-key", &path("node.key")]);
+    }
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -136,6 +140,15 @@ fn psql_ssl(port: u16, tls_dir: &Path, with_cert: bool) -> Result<String, String
     } else {
         Err(String::from_utf8_lossy(&out.stderr).into_owned())
     }
+}
+
+/// The cluster's id, as node 1's catalog has it.
+fn cluster_id_of(cluster: &Cluster) -> String {
+    cluster
+        .connect(1)
+        .query_one("SELECT cluster_id FROM synapse.cluster_catalog", &[])
+        .unwrap()
+        .get(0)
 }
 
 #[test]
@@ -332,6 +345,60 @@ fn members_are_certified_and_the_ca_key_is_never_in_clear() {
     let without = psql_ssl(cluster.pg_port(2), &node1_tls, false);
     let refused = without.expect_err("a connection without a client certificate");
     assert!(refused.contains("certificate"), "{refused}");
+    // The same from node 1's server itself (dblink), with its own files.
+    let mut c1 = cluster.connect(1);
+    c1.batch_execute("CREATE EXTENSION IF NOT EXISTS dblink")
+        .unwrap();
+    let base = format!(
+        "host=127.0.0.1 port={} dbname=postgres user=synapse_node sslmode=verify-full sslrootcert={}",
+        cluster.pg_port(2),
+        node1_tls.join("ca.pem").display()
+    );
+    let with_cert = format!(
+        "{base} sslcert={} sslkey={}",
+        node1_tls.join("node.pem").display(),
+        node1_tls.join("node.key").display()
+    );
+    let query = "SELECT x FROM dblink($1, 'SELECT ssl::text || ''|'' || current_user \
+                 FROM pg_stat_ssl WHERE pid = pg_backend_pid()') AS t(x text)";
+    let seen: String = c1.query_one(query, &[&with_cert]).unwrap().get(0);
+    assert_eq!(seen, "true|synapse_node");
+    let err = c1.query_one(query, &[&base]).unwrap_err();
+    let message = err
+        .as_db_error()
+        .map_or(err.to_string(), |d| format!("{d:?}"));
+    assert!(message.contains("certificate"), "{message}");
+
+    // The RPC port of a real node: no certificate, or one of another CA, is refused.
+    let rpc2 = format!("127.0.0.1:{}", cluster.pg_port(2) + 2);
+    let refused = handshake(&rpc2, &node1_tls, false).expect_err("no client certificate");
+    assert!(refused.contains("alert"), "{refused}");
+    let stranger = std::env::temp_dir().join(format!("synapse-stranger-{}", std::process::id()));
+    std::fs::create_dir_all(&stranger).unwrap();
+    let secret = ClusterSecret::generate();
+    let other_ca = create_ca("another", &secret, std::time::SystemTime::now()).unwrap();
+    let signer = Signer::open(&other_ca, "another", &secret).unwrap();
+    let key = new_node_key("node1").unwrap();
+    let spec = NodeCertSpec {
+        cluster_id: cluster_id_of(&cluster),
+        node_id: 1,
+        name: "node1".into(),
+        hosts: vec!["127.0.0.1".into()],
+    };
+    let cert = signer
+        .issue(
+            &key.csr_pem,
+            &spec,
+            std::time::SystemTime::now(),
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+    std::fs::copy(node1_tls.join("ca.pem"), stranger.join("ca.pem")).unwrap();
+    std::fs::write(stranger.join("node.pem"), cert).unwrap();
+    std::fs::write(stranger.join("node.key"), key.key_pem.as_bytes()).unwrap();
+    let refused = handshake_with(&rpc2, &stranger).expect_err("another CA's certificate");
+    assert!(refused.contains("alert"), "{refused}");
+    let _ = std::fs::remove_dir_all(&stranger);
 
     // Revocation: node 3's certificate gets through node 1's RPC port, then is refused
     // within 5 s of its revocation committing, while the rest of the cluster works on.
