@@ -499,17 +499,7 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
         let Some(ca) = state.catalog.tls.as_ref() else {
             return Ok(None);
         };
-        let identity = self
-            .identity()
-            .map_err(internal)?
-            .ok_or_else(|| internal("the leader has no identity"))?;
-        let secret = ClusterSecret::from_hex(&identity.cluster_secret).map_err(|e| {
-            failed(
-                ErrorKind::Internal,
-                format!("this node cannot sign certificates: {e}"),
-            )
-        })?;
-        let signer = Signer::open(&ca.ca, &identity.cluster_id, &secret).map_err(internal)?;
+        let (signer, identity) = self.open_signer(&ca.ca)?;
         let cert_pem = signer
             .issue(
                 csr,
@@ -528,6 +518,24 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
             },
             record,
         )))
+    }
+
+    /// On the leader: the CA `ca` with its key opened by this node's cluster secret, and
+    /// this node's identity (which holds the secret).
+    fn open_signer(&self, ca: &tls::CaBundle) -> Result<(Signer, Identity), NodeError> {
+        let identity = self
+            .identity()
+            .map_err(internal)?
+            .ok_or_else(|| internal("the leader has no identity"))?;
+        let cannot_sign = |e: tls::TlsError| {
+            failed(
+                ErrorKind::Internal,
+                format!("this node cannot sign certificates: {e}"),
+            )
+        };
+        let secret = ClusterSecret::from_hex(&identity.cluster_secret).map_err(cannot_sign)?;
+        let signer = Signer::open(ca, &identity.cluster_id, &secret).map_err(cannot_sign)?;
+        Ok((signer, identity))
     }
 
     /// On the leader, holding the membership lock: revokes `target`'s certificates with a
@@ -593,12 +601,7 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
                 })
             })
             .collect();
-        let identity = self
-            .identity()
-            .map_err(internal)?
-            .ok_or_else(|| internal("the leader has no identity"))?;
-        let secret = ClusterSecret::from_hex(&identity.cluster_secret).map_err(internal)?;
-        let signer = Signer::open(&tls.ca, &identity.cluster_id, &secret).map_err(internal)?;
+        let (signer, _) = self.open_signer(&tls.ca)?;
         let now = SystemTime::now();
         let crl_number = tls.crl_number + 1;
         let crl_pem = signer
@@ -671,11 +674,11 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
     async fn rotate(&self, node: Option<String>) -> Result<Vec<String>, NodeError> {
         self.read_barrier().await?;
         let running = self.running()?;
+        let state = running.sm.state();
         let targets: Vec<NodeId> = match node {
             Some(node) => vec![self.resolve(running, &node)?],
-            None => running.sm.state().catalog.nodes.keys().copied().collect(),
+            None => state.catalog.nodes.keys().copied().collect(),
         };
-        let state = running.sm.state();
         let mut renewed = vec![];
         for id in targets {
             let node = &state.catalog.nodes[&id];
