@@ -81,3 +81,47 @@ CREATE VIEW synapse.cluster_settings AS
     SELECT name, value, version, to_timestamp(updated_at_unix_ms / 1000.0) AS updated_at
     FROM synapse.setting_catalog;
 COMMENT ON VIEW synapse.cluster_settings IS 'Cluster-wide settings, as agreed through Raft (version = log index of the last write)';
+
+-- Distributed and reference tables, by name (a relation's oid differs between nodes).
+CREATE TABLE synapse.table_catalog (
+    id bigint PRIMARY KEY,
+    schema_name text NOT NULL,
+    table_name text NOT NULL,
+    kind text NOT NULL CHECK (kind IN ('distributed', 'reference')),
+    shard_key text,
+    key_type text,
+    shard_count int,
+    created_at_unix_ms bigint NOT NULL,
+    UNIQUE (schema_name, table_name),
+    CHECK ((kind = 'distributed') = (shard_key IS NOT NULL AND shard_count IS NOT NULL))
+);
+
+-- The node of each shard. All tables with the same shard count share these rows, so a
+-- key's rows are on one node whatever table they are in (co-location).
+CREATE TABLE synapse.placement_catalog (
+    shard_count int NOT NULL,
+    shard int NOT NULL,
+    node_id bigint NOT NULL,
+    PRIMARY KEY (shard_count, shard)
+);
+CREATE INDEX ON synapse.placement_catalog (node_id);
+
+CREATE VIEW synapse.distributed_tables AS
+    SELECT format('%I.%I', schema_name, table_name) AS table_name, kind, shard_key, key_type,
+           shard_count, to_timestamp(created_at_unix_ms / 1000.0) AS created_at
+    FROM synapse.table_catalog;
+COMMENT ON VIEW synapse.distributed_tables IS 'Distributed and reference tables, as agreed through Raft';
+
+-- One row per shard of each distributed table, and per node of each reference table.
+CREATE VIEW synapse.placements AS
+    SELECT format('%I.%I', t.schema_name, t.table_name) AS table_name, p.shard, n.name AS node,
+           p.node_id, 'primary'::text AS role
+    FROM synapse.table_catalog t
+    JOIN synapse.placement_catalog p ON p.shard_count = t.shard_count
+    LEFT JOIN synapse.node_catalog n ON n.id = p.node_id
+    WHERE t.kind = 'distributed'
+    UNION ALL
+    SELECT format('%I.%I', t.schema_name, t.table_name), NULL, n.name, n.id, 'replica'
+    FROM synapse.table_catalog t CROSS JOIN synapse.node_catalog n
+    WHERE t.kind = 'reference';
+COMMENT ON VIEW synapse.placements IS 'Where each shard of a distributed table, and each copy of a reference table, lives';

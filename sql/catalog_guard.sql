@@ -11,3 +11,7 @@ CREATE TRIGGER catalog_write_guard BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE
     FOR EACH STATEMENT EXECUTE FUNCTION synapse.catalog_write_guard();
 CREATE TRIGGER catalog_write_guard BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON synapse.certificate_catalog
     FOR EACH STATEMENT EXECUTE FUNCTION synapse.catalog_write_guard();
+CREATE TRIGGER catalog_write_guard BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON synapse.table_catalog
+    FOR EACH STATEMENT EXECUTE FUNCTION synapse.catalog_write_guard();
+CREATE TRIGGER catalog_write_guard BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON synapse.placement_catalog
+    FOR EACH STATEMENT EXECUTE FUNCTION synapse.catalog_write_guard();

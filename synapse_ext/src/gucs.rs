@@ -82,7 +82,35 @@ static CERT_LIFETIME: GucSetting<i32> = GucSetting::<i32>::new(90 * 24 * 3600);
 static CERT_RENEW_BEFORE: GucSetting<i32> = GucSetting::<i32>::new(30 * 24 * 3600);
 
 /// Registers every GUC and reserves the `synapse` prefix. Called once from `_PG_init`.
+/// `synapse.fragment`: this session runs statements sent by another node's coordinator;
+/// they act on this node's shards only and are never routed again. Set by the
+/// connections between nodes; superuser only.
+static FRAGMENT: GucSetting<bool> = GucSetting::<bool>::new(false);
+
+/// `synapse.placement_vnodes`: virtual nodes per node on the consistent-hash ring that
+/// places the shards of a new shard count.
+static PLACEMENT_VNODES: GucSetting<i32> =
+    GucSetting::<i32>::new(synapse_core::distribution::DEFAULT_VNODES as i32);
+
 pub fn init() {
+    GucRegistry::define_bool_guc(
+        c"synapse.fragment",
+        c"Run statements on this node's shards only, as a fragment of a distributed statement.",
+        c"Set by the connections between nodes.",
+        &FRAGMENT,
+        GucContext::Suset,
+        GucFlags::NO_SHOW_ALL,
+    );
+    GucRegistry::define_int_guc(
+        c"synapse.placement_vnodes",
+        c"Virtual nodes per node on the ring that places the shards of a new shard count.",
+        c"",
+        &PLACEMENT_VNODES,
+        1,
+        4096,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
     GucRegistry::define_int_guc(
         c"synapse.cert_lifetime",
         c"How long node certificates issued by the cluster CA are valid.",
@@ -365,6 +393,14 @@ pub fn leadership_lease_ms() -> u64 {
 
 pub fn raft_timeout_ms() -> u64 {
     RAFT_TIMEOUT.get() as u64
+}
+
+pub fn fragment() -> bool {
+    FRAGMENT.get()
+}
+
+pub fn placement_vnodes() -> u32 {
+    PLACEMENT_VNODES.get() as u32
 }
 
 pub fn max_voters() -> usize {

@@ -9,8 +9,10 @@ use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 
 mod api;
+mod distribution;
 mod gucs;
 mod pg;
+mod remote;
 mod shmem;
 mod worker;
 
@@ -30,6 +32,11 @@ pgrx::extension_sql_file!(
     "../../sql/gossip.sql",
     name = "synapse_gossip",
     requires = ["synapse_catalog", members]
+);
+pgrx::extension_sql_file!(
+    "../../sql/distribution.sql",
+    name = "synapse_distribution",
+    finalize
 );
 pgrx::extension_sql_file!(
     "../../sql/catalog_guard.sql",
@@ -55,7 +62,8 @@ pub extern "C-unwind" fn _PG_init() {
     }
     gucs::init();
     shmem::init();
-    // Hooks: the planner and executor hooks arrive with query routing.
+    // Planner hook: statements over distributed tables are refused until they are routed.
+    distribution::guard::install();
     worker::register();
 }
 

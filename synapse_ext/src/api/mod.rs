@@ -6,6 +6,7 @@ use pgrx::prelude::*;
 use crate::shmem;
 
 mod cluster;
+mod distribution;
 mod gossip;
 
 /// `synapse.version()`: the versions of the loaded library and of the installed extension.

@@ -152,12 +152,26 @@ const UPSERT_CERTIFICATE: &str = "INSERT INTO synapse.certificate_catalog \
      SELECT * FROM jsonb_populate_record(NULL::synapse.certificate_catalog, $1::jsonb) \
      ON CONFLICT (serial) DO UPDATE SET revoked_at_unix_ms = EXCLUDED.revoked_at_unix_ms";
 const DELETE_CERTIFICATE: &str = "DELETE FROM synapse.certificate_catalog WHERE serial = $1";
+const UPSERT_TABLE: &str = "INSERT INTO synapse.table_catalog \
+     SELECT * FROM jsonb_populate_record(NULL::synapse.table_catalog, $1::jsonb) \
+     ON CONFLICT (id) DO UPDATE SET shard_key = EXCLUDED.shard_key, key_type = EXCLUDED.key_type";
+const DELETE_TABLE: &str = "DELETE FROM synapse.table_catalog WHERE id = $1::bigint";
+const DELETE_PLACEMENTS: &str =
+    "DELETE FROM synapse.placement_catalog WHERE shard_count = ($1::jsonb->>'shard_count')::int";
+const INSERT_PLACEMENTS: &str = "INSERT INTO synapse.placement_catalog \
+     SELECT * FROM jsonb_populate_recordset(NULL::synapse.placement_catalog, $1::jsonb->'rows')";
 const SET_APPLIED: &str = "INSERT INTO synapse.raft_applied (state) VALUES ($1::jsonb) \
      ON CONFLICT (singleton) DO UPDATE SET state = EXCLUDED.state";
 
 fn apply_change(change: &CatalogChange) -> Result<(), String> {
     let (kind, arg) = change_row(change);
     let sql = match kind {
+        ChangeKind::SetPlacements => {
+            run(DELETE_PLACEMENTS, &arg)?;
+            INSERT_PLACEMENTS
+        }
+        ChangeKind::UpsertTable => UPSERT_TABLE,
+        ChangeKind::DeleteTable => DELETE_TABLE,
         ChangeKind::SetCluster => UPSERT_CLUSTER,
         ChangeKind::UpsertNode => UPSERT_NODE,
         ChangeKind::DeleteNode => DELETE_NODE,
@@ -196,6 +210,8 @@ fn replace(state: &CatalogState) -> Result<(), String> {
         "setting_catalog",
         "tls_catalog",
         "certificate_catalog",
+        "table_catalog",
+        "placement_catalog",
     ] {
         Spi::run(&format!("DELETE FROM synapse.{table}")).map_err(|e| e.to_string())?;
     }
@@ -230,6 +246,18 @@ fn replace(state: &CatalogState) -> Result<(), String> {
             &serde_json::to_string(certificate).map_err(|e| e.to_string())?,
         )?;
     }
+    for table in &rows.tables {
+        run(
+            UPSERT_TABLE,
+            &serde_json::to_string(table).map_err(|e| e.to_string())?,
+        )?;
+    }
+    if !rows.placements.is_empty() {
+        run(
+            INSERT_PLACEMENTS,
+            &serde_json::json!({ "rows": rows.placements }).to_string(),
+        )?;
+    }
     set_applied(&rows.applied.unwrap_or_default())
 }
 
@@ -241,7 +269,9 @@ fn load_state() -> Result<CatalogState, String> {
            'nodes', (SELECT coalesce(jsonb_agg(to_jsonb(n)), '[]') FROM synapse.node_catalog n), \
            'settings', (SELECT coalesce(jsonb_agg(to_jsonb(s)), '[]') FROM synapse.setting_catalog s), \
            'tls', (SELECT to_jsonb(t) - 'singleton' FROM synapse.tls_catalog t), \
-           'certificates', (SELECT coalesce(jsonb_agg(to_jsonb(c)), '[]') FROM synapse.certificate_catalog c))::text",
+           'certificates', (SELECT coalesce(jsonb_agg(to_jsonb(c)), '[]') FROM synapse.certificate_catalog c), \
+           'tables', (SELECT coalesce(jsonb_agg(to_jsonb(t)), '[]') FROM synapse.table_catalog t), \
+           'placements', (SELECT coalesce(jsonb_agg(to_jsonb(p)), '[]') FROM synapse.placement_catalog p))::text",
     )
     .map_err(|e| e.to_string())?
     .unwrap_or_default();

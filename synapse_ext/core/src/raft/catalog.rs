@@ -64,6 +64,33 @@ pub struct CertRecord {
     pub revoked_at_unix_ms: Option<i64>,
 }
 
+/// How a table is spread over the nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TableKind {
+    /// Rows spread over shards by the hash of the shard key.
+    Distributed,
+    /// A full copy on every node.
+    Reference,
+}
+
+/// A distributed or reference table (`synapse.table_catalog`). Tables are named, not
+/// numbered: a relation's oid differs from node to node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableRecord {
+    /// The log index that added it (set by the catalog).
+    #[serde(default)]
+    pub id: u64,
+    pub schema_name: String,
+    pub table_name: String,
+    pub kind: TableKind,
+    /// Distributed tables only: the key column, its type (`format_type`), the shard count.
+    pub shard_key: Option<String>,
+    pub key_type: Option<String>,
+    pub shard_count: Option<u32>,
+    pub created_at_unix_ms: i64,
+}
+
 /// One row change, as the catalog tables must see it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CatalogChange {
@@ -74,6 +101,13 @@ pub enum CatalogChange {
     SetTls(TlsCatalog),
     UpsertCertificate(CertRecord),
     DeleteCertificate(String),
+    UpsertTable(TableRecord),
+    DeleteTable(u64),
+    /// The node of each shard `0..nodes.len()` of `shard_count`.
+    SetPlacements {
+        shard_count: u32,
+        nodes: Vec<NodeId>,
+    },
 }
 
 /// The whole catalog; also the content of a snapshot.
@@ -87,6 +121,12 @@ pub struct Catalog {
     /// By serial.
     #[serde(default)]
     pub certificates: BTreeMap<String, CertRecord>,
+    /// Distributed and reference tables, by id.
+    #[serde(default)]
+    pub tables: BTreeMap<u64, TableRecord>,
+    /// Shard count → the node of each shard.
+    #[serde(default)]
+    pub placements: BTreeMap<u32, Vec<NodeId>>,
 }
 
 impl Catalog {
@@ -235,6 +275,76 @@ impl Catalog {
                     .collect();
                 (CommandResult::Done, changes)
             }
+            Command::PlaceShards {
+                shard_count,
+                vnodes,
+            } => {
+                if *shard_count == 0 || *shard_count > crate::distribution::MAX_SHARD_COUNT {
+                    return refused(format!(
+                        "a table has 1 to {} shards, not {shard_count}",
+                        crate::distribution::MAX_SHARD_COUNT
+                    ));
+                }
+                if self.placements.contains_key(shard_count) {
+                    return (CommandResult::Done, vec![]);
+                }
+                if self.nodes.is_empty() {
+                    return refused("the cluster has no nodes to place shards on".into());
+                }
+                let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+                let nodes = crate::distribution::place_shards(&ids, *vnodes, *shard_count);
+                self.placements.insert(*shard_count, nodes.clone());
+                (
+                    CommandResult::Done,
+                    vec![CatalogChange::SetPlacements {
+                        shard_count: *shard_count,
+                        nodes,
+                    }],
+                )
+            }
+            Command::AddTable(table) => {
+                if let Some(existing) = self.table(&table.schema_name, &table.table_name) {
+                    return refused(format!(
+                        "table {}.{} is already a {} table",
+                        table.schema_name,
+                        table.table_name,
+                        match existing.kind {
+                            TableKind::Distributed => "distributed",
+                            TableKind::Reference => "reference",
+                        }
+                    ));
+                }
+                if table.kind == TableKind::Distributed {
+                    let count = table.shard_count.unwrap_or(0);
+                    if table.shard_key.is_none() || !self.placements.contains_key(&count) {
+                        return refused(format!(
+                            "table {}.{} needs a shard key and placed shards",
+                            table.schema_name, table.table_name
+                        ));
+                    }
+                }
+                let record = TableRecord {
+                    id: index,
+                    ..table.clone()
+                };
+                self.tables.insert(index, record.clone());
+                (
+                    CommandResult::Done,
+                    vec![CatalogChange::UpsertTable(record)],
+                )
+            }
+            Command::RemoveTable {
+                schema_name,
+                table_name,
+            } => {
+                let Some(id) = self.table(schema_name, table_name).map(|t| t.id) else {
+                    return refused(format!(
+                        "table {schema_name}.{table_name} is not distributed"
+                    ));
+                };
+                self.tables.remove(&id);
+                (CommandResult::Done, vec![CatalogChange::DeleteTable(id)])
+            }
             Command::SetSetting {
                 name,
                 value,
@@ -272,6 +382,21 @@ impl Catalog {
                 )
             }
         }
+    }
+
+    /// The distributed or reference table `schema.name`.
+    pub fn table(&self, schema: &str, name: &str) -> Option<&TableRecord> {
+        self.tables
+            .values()
+            .find(|t| t.schema_name == schema && t.table_name == name)
+    }
+
+    /// How many shards (of all shard counts) `node` holds.
+    pub fn shards_on(&self, node: NodeId) -> usize {
+        self.placements
+            .values()
+            .map(|nodes| nodes.iter().filter(|n| **n == node).count())
+            .sum()
     }
 
     fn set(&mut self, name: &str, value: &str, index: u64, at_unix_ms: i64) -> SettingRecord {
@@ -495,5 +620,101 @@ mod tests {
         assert_eq!(changes.len(), 2, "the refused one changes nothing");
         assert_eq!(c.settings["k"].value, "b");
         assert_eq!(c.settings["k"].version, 7);
+    }
+
+    fn orders(kind: TableKind) -> TableRecord {
+        TableRecord {
+            id: 0,
+            schema_name: "public".into(),
+            table_name: "orders".into(),
+            kind,
+            shard_key: (kind == TableKind::Distributed).then(|| "id".into()),
+            key_type: (kind == TableKind::Distributed).then(|| "bigint".into()),
+            shard_count: (kind == TableKind::Distributed).then_some(8),
+            created_at_unix_ms: 0,
+        }
+    }
+
+    #[test]
+    fn a_table_is_distributed_once_over_placed_shards() {
+        let mut c = Catalog::default();
+        for id in 1..=3 {
+            c.apply(
+                id,
+                &Command::UpsertNode {
+                    id,
+                    addr: addr(&format!("n{id}"), 5000 + id as u16 * 10),
+                    role: Role::Voter,
+                    at_unix_ms: 0,
+                },
+            );
+        }
+        // No placements for 8 shards yet.
+        assert!(matches!(
+            c.apply(4, &Command::AddTable(orders(TableKind::Distributed)))
+                .0,
+            CommandResult::Refused(_)
+        ));
+        let (result, changes) = c.apply(
+            5,
+            &Command::PlaceShards {
+                shard_count: 8,
+                vnodes: 16,
+            },
+        );
+        assert_eq!(result, CommandResult::Done);
+        assert_eq!(changes.len(), 1);
+        let map = c.placements[&8].clone();
+        assert_eq!(map, crate::distribution::place_shards(&[1, 2, 3], 16, 8));
+        // Placing again changes nothing, even with other nodes.
+        c.apply(6, &Command::RemoveNode { id: 3 });
+        assert_eq!(
+            c.apply(
+                7,
+                &Command::PlaceShards {
+                    shard_count: 8,
+                    vnodes: 16
+                }
+            )
+            .1,
+            vec![]
+        );
+        assert_eq!(c.placements[&8], map);
+
+        assert_eq!(
+            c.apply(8, &Command::AddTable(orders(TableKind::Distributed)))
+                .0,
+            CommandResult::Done
+        );
+        assert_eq!(c.table("public", "orders").unwrap().id, 8);
+        let (again, changes) = c.apply(9, &Command::AddTable(orders(TableKind::Reference)));
+        assert_eq!(
+            again,
+            CommandResult::Refused("table public.orders is already a distributed table".into())
+        );
+        assert!(changes.is_empty());
+        assert_eq!(
+            c.apply(
+                10,
+                &Command::RemoveTable {
+                    schema_name: "public".into(),
+                    table_name: "orders".into()
+                }
+            )
+            .1,
+            vec![CatalogChange::DeleteTable(8)]
+        );
+        assert!(c.table("public", "orders").is_none());
+        assert!(matches!(
+            c.apply(
+                11,
+                &Command::PlaceShards {
+                    shard_count: 0,
+                    vnodes: 16
+                }
+            )
+            .0,
+            CommandResult::Refused(_)
+        ));
     }
 }

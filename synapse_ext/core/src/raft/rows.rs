@@ -4,7 +4,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::catalog::{
-    Catalog, CatalogChange, CertRecord, ClusterInfo, NodeRecord, SettingRecord, TlsCatalog,
+    Catalog, CatalogChange, CertRecord, ClusterInfo, NodeRecord, SettingRecord, TableRecord,
+    TlsCatalog,
 };
 use super::state_machine::{CatalogState, Membership};
 use super::types::{LogId, NodeAddr, NodeId, Role};
@@ -115,6 +116,31 @@ pub struct CatalogRows {
     pub tls: Option<TlsRow>,
     #[serde(default)]
     pub certificates: Vec<CertRecord>,
+    #[serde(default)]
+    pub tables: Vec<TableRecord>,
+    #[serde(default)]
+    pub placements: Vec<PlacementRow>,
+}
+
+/// A row of `synapse.placement_catalog`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlacementRow {
+    pub shard_count: u32,
+    pub shard: u32,
+    pub node_id: NodeId,
+}
+
+/// The rows of one shard count's placement map.
+pub fn placement_rows(shard_count: u32, nodes: &[NodeId]) -> Vec<PlacementRow> {
+    nodes
+        .iter()
+        .enumerate()
+        .map(|(shard, node_id)| PlacementRow {
+            shard_count,
+            shard: shard as u32,
+            node_id: *node_id,
+        })
+        .collect()
 }
 
 impl From<CatalogRows> for CatalogState {
@@ -139,6 +165,16 @@ impl From<CatalogRows> for CatalogState {
                     .into_iter()
                     .map(|c| (c.serial.clone(), c))
                     .collect(),
+                tables: rows.tables.into_iter().map(|t| (t.id, t)).collect(),
+                placements: {
+                    let mut maps = std::collections::BTreeMap::<u32, Vec<NodeId>>::new();
+                    let mut rows = rows.placements;
+                    rows.sort_by_key(|p| (p.shard_count, p.shard));
+                    for p in rows {
+                        maps.entry(p.shard_count).or_default().push(p.node_id);
+                    }
+                    maps
+                },
             },
             last_applied: applied.last_applied,
             membership: applied.membership,
@@ -158,6 +194,13 @@ impl From<&CatalogState> for CatalogRows {
             settings: state.catalog.settings.values().cloned().collect(),
             tls: state.catalog.tls.as_ref().map(TlsRow::from),
             certificates: state.catalog.certificates.values().cloned().collect(),
+            tables: state.catalog.tables.values().cloned().collect(),
+            placements: state
+                .catalog
+                .placements
+                .iter()
+                .flat_map(|(count, nodes)| placement_rows(*count, nodes))
+                .collect(),
         }
     }
 }
@@ -172,6 +215,15 @@ pub fn change_row(change: &CatalogChange) -> (ChangeKind, String) {
         CatalogChange::SetTls(t) => (ChangeKind::SetTls, json(&TlsRow::from(t))),
         CatalogChange::UpsertCertificate(c) => (ChangeKind::UpsertCertificate, json(c)),
         CatalogChange::DeleteCertificate(serial) => (ChangeKind::DeleteCertificate, serial.clone()),
+        CatalogChange::UpsertTable(t) => (ChangeKind::UpsertTable, json(t)),
+        CatalogChange::DeleteTable(id) => (ChangeKind::DeleteTable, id.to_string()),
+        CatalogChange::SetPlacements { shard_count, nodes } => (
+            ChangeKind::SetPlacements,
+            json(&serde_json::json!({
+                "shard_count": shard_count,
+                "rows": placement_rows(*shard_count, nodes),
+            })),
+        ),
     }
 }
 
@@ -185,6 +237,10 @@ pub enum ChangeKind {
     SetTls,
     UpsertCertificate,
     DeleteCertificate,
+    UpsertTable,
+    DeleteTable,
+    /// Replaces the rows of one shard count (`{"shard_count", "rows"}`).
+    SetPlacements,
 }
 
 fn json<T: Serialize>(value: &T) -> String {
@@ -243,6 +299,27 @@ mod tests {
                 revoked_at_unix_ms: Some(2),
             }),
         );
+        catalog.apply(
+            5,
+            &super::super::types::Command::PlaceShards {
+                shard_count: 4,
+                vnodes: 8,
+            },
+        );
+        catalog.apply(
+            6,
+            &super::super::types::Command::AddTable(TableRecord {
+                id: 0,
+                schema_name: "s".into(),
+                table_name: "t".into(),
+                kind: super::super::catalog::TableKind::Distributed,
+                shard_key: Some("k".into()),
+                key_type: Some("text".into()),
+                shard_count: Some(4),
+                created_at_unix_ms: 9,
+            }),
+        );
+        assert_eq!(catalog.tables.len(), 1);
         let state = CatalogState {
             catalog,
             last_applied: None,

@@ -85,6 +85,17 @@ pub enum Command {
     },
     /// Expired certificates dropped from the catalog (their files are gone too).
     ForgetCertificates { serials: Vec<String> },
+    /// Gives the shards of `shard_count` their nodes, on the consistent-hash ring of the
+    /// current members with `vnodes` virtual nodes each; nothing if they have them already
+    /// (all tables of one shard count share one placement map, so they are co-located).
+    PlaceShards { shard_count: u32, vnodes: u32 },
+    /// A table became distributed or reference (refused if it already is one).
+    AddTable(super::catalog::TableRecord),
+    /// A table is local again (refused if it is not distributed or reference).
+    RemoveTable {
+        schema_name: String,
+        table_name: String,
+    },
     /// Commands proposed concurrently, applied in order in one log entry (the leader
     /// batches proposals that arrive while the previous entry commits).
     Batch(Vec<Command>),

@@ -19,7 +19,7 @@ pub enum RaftMainRequest {
     /// Write an applied batch and its applied state in one transaction.
     Persist(AppliedBatch),
     /// Replace the whole catalog (snapshot installed).
-    Replace(CatalogState),
+    Replace(Box<CatalogState>),
     /// Write a line to the server log.
     Log(LogLevel, String),
     /// The node left its cluster: restart the worker, which then starts outside any.
@@ -54,7 +54,7 @@ impl CatalogSink for MailboxSink {
     }
 
     async fn replace(&self, state: CatalogState) -> io::Result<()> {
-        self.send(RaftMainRequest::Replace(state)).await
+        self.send(RaftMainRequest::Replace(Box::new(state))).await
     }
 }
 

@@ -1,0 +1,559 @@
+//! One libpq connection from this backend to another node's PostgreSQL, as `synapse_node`
+//! over TLS with this node's certificate.
+//!
+//! Backends never start threads: libpq runs non-blocking and every wait goes through
+//! `WaitLatchOrSocket`. When an interrupt (cancel, `statement_timeout`, termination) wakes
+//! a wait, the remote statement is cancelled first and the connection marked broken (its
+//! protocol state is unknown), then `CHECK_FOR_INTERRUPTS()` raises the interrupt.
+
+use std::ffi::{CStr, CString};
+use std::os::raw::{c_char, c_int};
+use std::path::Path;
+use std::ptr;
+use std::time::{Duration, Instant};
+
+use pgrx::pg_sys;
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
+use pq_sys as pq;
+
+/// A node to connect to, from `synapse.node_catalog`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeTarget {
+    pub id: i64,
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+}
+
+/// A failure on a remote node (boxed: results carrying it stay small).
+#[derive(Clone, Debug)]
+pub struct RemoteError(Box<Failure>);
+
+impl std::ops::Deref for RemoteError {
+    type Target = Failure;
+    fn deref(&self) -> &Failure {
+        &self.0
+    }
+}
+
+/// What failed on a remote node: its own error (with its SQLSTATE), or a lost connection.
+#[derive(Clone, Debug)]
+pub struct Failure {
+    pub node: String,
+    pub sqlstate: String,
+    pub message: String,
+    pub detail: Option<String>,
+    pub hint: Option<String>,
+    /// The connection is unusable (connect failure, reset, protocol error).
+    pub connection_lost: bool,
+}
+
+impl RemoteError {
+    fn lost(node: &str, message: String) -> RemoteError {
+        RemoteError(Box::new(Failure {
+            node: node.to_owned(),
+            sqlstate: "08006".into(),
+            message,
+            detail: None,
+            hint: None,
+            connection_lost: true,
+        }))
+    }
+
+    /// Raises the error in this backend with the remote SQLSTATE, message, detail and hint,
+    /// and a context naming the node.
+    pub fn report(self) -> ! {
+        let f = *self.0;
+        f.report()
+    }
+}
+
+impl Failure {
+    fn report(self) -> ! {
+        let code = PgSqlErrorCode::from(sqlstate_code(&self.sqlstate));
+        let message = if self.connection_lost {
+            format!("node \"{}\": {}", self.node, self.message)
+        } else {
+            self.message
+        };
+        let mut report = ErrorReport::new(code, message, "synapse remote");
+        let mut detail = self.detail.unwrap_or_default();
+        if !self.connection_lost {
+            if !detail.is_empty() {
+                detail.push('\n');
+            }
+            detail.push_str(&format!("On node \"{}\".", self.node));
+        }
+        report = report.set_detail(detail);
+        if let Some(hint) = self.hint {
+            report = report.set_hint(hint);
+        } else if self.connection_lost {
+            report = report.set_hint(
+                "Check that the node is up (SELECT * FROM synapse.members()) and reachable.",
+            );
+        }
+        report.report(PgLogLevel::ERROR);
+        unreachable!("ERROR does not return")
+    }
+}
+
+/// PostgreSQL's MAKE_SQLSTATE of a five-character code.
+fn sqlstate_code(state: &str) -> i32 {
+    let b = state.as_bytes();
+    if b.len() != 5 {
+        return PgSqlErrorCode::ERRCODE_INTERNAL_ERROR as i32;
+    }
+    (0..5).fold(0i32, |code, i| {
+        code + ((((b[i] as i32) - ('0' as i32)) & 0x3F) << (6 * i))
+    })
+}
+
+/// The rows of a statement's result, as text (NULL as `None`).
+#[derive(Debug, Default)]
+pub struct Rows {
+    pub rows: Vec<Vec<Option<String>>>,
+    /// The affected row count of INSERT/UPDATE/DELETE/COPY (`PQcmdTuples`), else 0.
+    pub affected: u64,
+}
+
+/// An owned `PGresult`.
+struct PgResult(*mut pq::PGresult);
+
+impl Drop for PgResult {
+    fn drop(&mut self) {
+        // SAFETY: we own the result and clear it once.
+        unsafe { pq::PQclear(self.0) };
+    }
+}
+
+impl PgResult {
+    fn status(&self) -> pq::ExecStatusType {
+        // SAFETY: a live result.
+        unsafe { pq::PQresultStatus(self.0) }
+    }
+
+    fn field(&self, code: u8) -> Option<String> {
+        // SAFETY: a live result; libpq returns NULL or a string owned by the result.
+        let p = unsafe { pq::PQresultErrorField(self.0, code as c_int) };
+        (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
+    }
+
+    fn error(&self, node: &str) -> RemoteError {
+        RemoteError(Box::new(Failure {
+            node: node.to_owned(),
+            sqlstate: self
+                .field(pq::PG_DIAG_SQLSTATE)
+                .unwrap_or_else(|| "XX000".into()),
+            message: self
+                .field(pq::PG_DIAG_MESSAGE_PRIMARY)
+                .unwrap_or_else(|| "unknown error".into()),
+            detail: self.field(pq::PG_DIAG_MESSAGE_DETAIL),
+            hint: self.field(pq::PG_DIAG_MESSAGE_HINT),
+            connection_lost: false,
+        }))
+    }
+
+    fn rows(&self) -> Rows {
+        // SAFETY: a live result; indexes are within PQntuples/PQnfields.
+        unsafe {
+            let (n, f) = (pq::PQntuples(self.0), pq::PQnfields(self.0));
+            let rows = (0..n)
+                .map(|i| {
+                    (0..f)
+                        .map(|j| {
+                            (pq::PQgetisnull(self.0, i, j) == 0).then(|| {
+                                CStr::from_ptr(pq::PQgetvalue(self.0, i, j))
+                                    .to_string_lossy()
+                                    .into_owned()
+                            })
+                        })
+                        .collect()
+                })
+                .collect();
+            let affected = CStr::from_ptr(pq::PQcmdTuples(self.0))
+                .to_str()
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            Rows { rows, affected }
+        }
+    }
+}
+
+/// What to wait for on the connection's socket.
+#[derive(Clone, Copy)]
+enum Want {
+    Read,
+    Write,
+    ReadWrite,
+}
+
+/// A connection to one node.
+pub struct Connection {
+    conn: *mut pq::PGconn,
+    pub target: NodeTarget,
+    /// An interrupt or error left the protocol state unknown: never reuse.
+    pub broken: bool,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        // SAFETY: we own the connection and finish it once.
+        unsafe { pq::PQfinish(self.conn) };
+    }
+}
+
+/// Where this node's certificate and the cluster CA are, for libpq.
+pub struct ClientTls<'a> {
+    pub dir: &'a Path,
+}
+
+impl Connection {
+    /// Connects to `target`'s database `dbname` as `synapse_node`, verifying the node's
+    /// certificate against the cluster CA and presenting ours; gives up after `timeout`.
+    pub fn open(
+        target: &NodeTarget,
+        dbname: &str,
+        tls: &ClientTls<'_>,
+        timeout: Duration,
+    ) -> Result<Connection, RemoteError> {
+        let file = |f: &str| tls.dir.join(f).to_string_lossy().into_owned();
+        let params: Vec<(&str, String)> = vec![
+            ("host", target.host.clone()),
+            ("port", target.port.to_string()),
+            ("dbname", dbname.to_owned()),
+            ("user", "synapse_node".into()),
+            ("application_name", "synapse".into()),
+            ("sslmode", "verify-full".into()),
+            ("sslrootcert", file("ca.pem")),
+            ("sslcert", file("node.pem")),
+            ("sslkey", file("node.key")),
+            ("sslcrl", file("crl.pem")),
+            // Our node runs its statements as a fragment: never routed again.
+            ("options", "-c synapse.fragment=on".into()),
+        ];
+        let keys: Vec<CString> = params.iter().map(|(k, _)| cstring(k)).collect();
+        let values: Vec<CString> = params.iter().map(|(_, v)| cstring(v)).collect();
+        let mut key_ptrs: Vec<*const c_char> = keys.iter().map(|k| k.as_ptr()).collect();
+        let mut value_ptrs: Vec<*const c_char> = values.iter().map(|v| v.as_ptr()).collect();
+        key_ptrs.push(ptr::null());
+        value_ptrs.push(ptr::null());
+        // SAFETY: NULL-terminated arrays of C strings that outlive the call.
+        let conn = unsafe { pq::PQconnectStartParams(key_ptrs.as_ptr(), value_ptrs.as_ptr(), 0) };
+        if conn.is_null() {
+            return Err(RemoteError::lost(&target.name, "out of memory".into()));
+        }
+        let mut c = Connection {
+            conn,
+            target: target.clone(),
+            broken: false,
+        };
+        let deadline = Instant::now() + timeout;
+        // SAFETY: a live connection, polled as libpq documents.
+        unsafe {
+            if pq::PQstatus(conn) == pq::ConnStatusType::CONNECTION_BAD {
+                return Err(c.lost());
+            }
+            loop {
+                let want = match pq::PQconnectPoll(conn) {
+                    pq::PostgresPollingStatusType::PGRES_POLLING_OK => break,
+                    pq::PostgresPollingStatusType::PGRES_POLLING_FAILED => return Err(c.lost()),
+                    pq::PostgresPollingStatusType::PGRES_POLLING_READING => Want::Read,
+                    _ => Want::Write,
+                };
+                if !c.wait(want, Some(deadline))? {
+                    return Err(RemoteError::lost(
+                        &target.name,
+                        format!(
+                            "could not connect to {}:{} within {} ms",
+                            target.host,
+                            target.port,
+                            timeout.as_millis()
+                        ),
+                    ));
+                }
+            }
+            if pq::PQsetnonblocking(conn, 1) != 0 {
+                return Err(c.lost());
+            }
+        }
+        Ok(c)
+    }
+
+    /// Whether libpq still takes the connection for open and idle-able.
+    pub fn usable(&self) -> bool {
+        // SAFETY: a live connection.
+        !self.broken && unsafe { pq::PQstatus(self.conn) } == pq::ConnStatusType::CONNECTION_OK
+    }
+
+    /// Whether the remote session is inside a transaction block.
+    pub fn in_transaction(&self) -> bool {
+        // SAFETY: a live connection.
+        !matches!(
+            unsafe { pq::PQtransactionStatus(self.conn) },
+            pq::PGTransactionStatusType::PQTRANS_IDLE
+        )
+    }
+
+    /// Runs `sql` (one statement, or several without parameters) with text parameters;
+    /// returns the rows of the last result.
+    pub fn exec(&mut self, sql: &str, params: &[Option<&str>]) -> Result<Rows, RemoteError> {
+        self.send(sql, params)?;
+        self.finish(None)
+    }
+
+    /// Sends `sql` without waiting for its result ([`Connection::finish`] collects it), so
+    /// statements to several nodes run at once.
+    pub fn send(&mut self, sql: &str, params: &[Option<&str>]) -> Result<(), RemoteError> {
+        let sql = cstring(sql);
+        let values: Vec<Option<CString>> = params.iter().map(|p| p.map(cstring)).collect();
+        let ptrs: Vec<*const c_char> = values
+            .iter()
+            .map(|v| v.as_ref().map_or(ptr::null(), |v| v.as_ptr()))
+            .collect();
+        // SAFETY: a live connection; all strings outlive the call (libpq copies them).
+        let sent = unsafe {
+            if params.is_empty() {
+                pq::PQsendQuery(self.conn, sql.as_ptr())
+            } else {
+                pq::PQsendQueryParams(
+                    self.conn,
+                    sql.as_ptr(),
+                    ptrs.len() as c_int,
+                    ptr::null(),
+                    ptrs.as_ptr(),
+                    ptr::null(),
+                    ptr::null(),
+                    0,
+                )
+            }
+        };
+        if sent == 0 {
+            return Err(self.lost());
+        }
+        self.flush()
+    }
+
+    /// Waits for the results of the statement sent last; returns the rows of the last
+    /// result, or the first error.
+    pub fn finish(&mut self, deadline: Option<Instant>) -> Result<Rows, RemoteError> {
+        let mut error = None;
+        let mut last = Rows::default();
+        loop {
+            let Some(result) = self.next_result(deadline)? else {
+                break;
+            };
+            match result.status() {
+                pq::ExecStatusType::PGRES_COMMAND_OK | pq::ExecStatusType::PGRES_TUPLES_OK => {
+                    last = result.rows();
+                }
+                pq::ExecStatusType::PGRES_COPY_IN | pq::ExecStatusType::PGRES_COPY_OUT => {
+                    self.broken = true;
+                    return Err(RemoteError::lost(
+                        &self.target.name,
+                        "unexpected COPY from a remote statement".into(),
+                    ));
+                }
+                _ => {
+                    if error.is_none() {
+                        error = Some(result.error(&self.target.name));
+                    }
+                }
+            }
+        }
+        match error {
+            Some(e) => Err(e),
+            None => Ok(last),
+        }
+    }
+
+    /// `COPY ... FROM STDIN` with `data` in COPY text format.
+    pub fn copy_in(&mut self, sql: &str, data: &[u8]) -> Result<u64, RemoteError> {
+        self.send(sql, &[])?;
+        let Some(result) = self.next_result(None)? else {
+            return Err(self.lost());
+        };
+        if result.status() != pq::ExecStatusType::PGRES_COPY_IN {
+            let e = result.error(&self.target.name);
+            drop(result);
+            let _ = self.finish(None);
+            return Err(e);
+        }
+        drop(result);
+        for chunk in data.chunks(64 * 1024) {
+            loop {
+                // SAFETY: a live connection in COPY IN state; the chunk outlives the call.
+                match unsafe {
+                    pq::PQputCopyData(self.conn, chunk.as_ptr().cast(), chunk.len() as c_int)
+                } {
+                    1 => break,
+                    0 => {
+                        self.wait(Want::ReadWrite, None)?;
+                        self.consume()?;
+                    }
+                    _ => return Err(self.lost()),
+                }
+            }
+        }
+        loop {
+            // SAFETY: as above.
+            match unsafe { pq::PQputCopyEnd(self.conn, ptr::null()) } {
+                1 => break,
+                0 => {
+                    self.wait(Want::ReadWrite, None)?;
+                    self.consume()?;
+                }
+                _ => return Err(self.lost()),
+            }
+        }
+        self.flush()?;
+        Ok(self.finish(None)?.affected)
+    }
+
+    /// Writes out whatever libpq still buffers.
+    fn flush(&mut self) -> Result<(), RemoteError> {
+        loop {
+            // SAFETY: a live non-blocking connection.
+            match unsafe { pq::PQflush(self.conn) } {
+                0 => return Ok(()),
+                1 => {
+                    self.wait(Want::ReadWrite, None)?;
+                    self.consume()?;
+                }
+                _ => return Err(self.lost()),
+            }
+        }
+    }
+
+    fn consume(&mut self) -> Result<(), RemoteError> {
+        // SAFETY: a live connection.
+        if unsafe { pq::PQconsumeInput(self.conn) } == 0 {
+            return Err(self.lost());
+        }
+        Ok(())
+    }
+
+    /// The next result of the running statement, waiting for it; `None` when done.
+    fn next_result(&mut self, deadline: Option<Instant>) -> Result<Option<PgResult>, RemoteError> {
+        // SAFETY: a live connection; PQgetResult is called only when it will not block.
+        unsafe {
+            while pq::PQisBusy(self.conn) != 0 {
+                if !self.wait(Want::Read, deadline)? {
+                    self.cancel();
+                    return Err(RemoteError::lost(
+                        &self.target.name,
+                        "timed out waiting for the node's answer".into(),
+                    ));
+                }
+                self.consume()?;
+            }
+            let r = pq::PQgetResult(self.conn);
+            Ok((!r.is_null()).then_some(PgResult(r)))
+        }
+    }
+
+    /// Waits until the socket is ready for `want`, our latch is set, or `deadline` passes
+    /// (`Ok(false)`). Interrupts cancel the remote statement and are then raised.
+    fn wait(&mut self, want: Want, deadline: Option<Instant>) -> Result<bool, RemoteError> {
+        // SAFETY: a live connection.
+        let sock = unsafe { pq::PQsocket(self.conn) };
+        if sock < 0 {
+            return Err(self.lost());
+        }
+        let events = match want {
+            Want::Read => pg_sys::WL_SOCKET_READABLE,
+            Want::Write => pg_sys::WL_SOCKET_WRITEABLE,
+            Want::ReadWrite => pg_sys::WL_SOCKET_READABLE | pg_sys::WL_SOCKET_WRITEABLE,
+        };
+        loop {
+            let timeout_ms = deadline.map_or(-1, |d| {
+                d.saturating_duration_since(Instant::now())
+                    .as_millis()
+                    .min(i32::MAX as u128) as libc::c_long
+            });
+            if timeout_ms == 0 {
+                return Ok(false);
+            }
+            let flags = pg_sys::WL_LATCH_SET
+                | events
+                | pg_sys::WL_EXIT_ON_PM_DEATH
+                | if deadline.is_some() {
+                    pg_sys::WL_TIMEOUT
+                } else {
+                    0
+                };
+            // SAFETY: our own latch and a socket libpq owns and keeps open, main thread.
+            let woken = unsafe {
+                let w = pg_sys::WaitLatchOrSocket(
+                    pg_sys::MyLatch,
+                    flags as c_int,
+                    sock,
+                    timeout_ms,
+                    pg_sys::PG_WAIT_EXTENSION,
+                );
+                if w & pg_sys::WL_LATCH_SET as c_int != 0 {
+                    pg_sys::ResetLatch(pg_sys::MyLatch);
+                }
+                w
+            };
+            // SAFETY: reads a flag set by signal handlers of this process.
+            if unsafe { pg_sys::InterruptPending } != 0 {
+                self.cancel();
+                pg_sys::check_for_interrupts!();
+                // Interrupts are held (e.g. during commit): carry on waiting.
+            }
+            if woken & (pg_sys::WL_SOCKET_READABLE | pg_sys::WL_SOCKET_WRITEABLE) as c_int != 0 {
+                return Ok(true);
+            }
+            if woken & pg_sys::WL_TIMEOUT as c_int != 0 {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// Asks the node to cancel the running statement; the connection is not reused.
+    pub fn cancel(&mut self) {
+        self.broken = true;
+        // SAFETY: a live connection; the cancel object is freed here.
+        unsafe {
+            let cancel = pq::PQgetCancel(self.conn);
+            if !cancel.is_null() {
+                let mut buf = [0 as c_char; 256];
+                pq::PQcancel(cancel, buf.as_mut_ptr(), buf.len() as c_int);
+                pq::PQfreeCancel(cancel);
+            }
+        }
+    }
+
+    fn lost(&mut self) -> RemoteError {
+        self.broken = true;
+        // SAFETY: a live connection; the message is owned by it.
+        let message = unsafe { CStr::from_ptr(pq::PQerrorMessage(self.conn)) }
+            .to_string_lossy()
+            .trim()
+            .to_owned();
+        RemoteError::lost(&self.target.name, message)
+    }
+}
+
+fn cstring(s: &str) -> CString {
+    CString::new(s.replace('\0', "")).expect("no NUL left")
+}
+
+/// A value in COPY text format (`\N` for NULL).
+pub fn copy_text(value: Option<&str>, out: &mut Vec<u8>) {
+    let Some(value) = value else {
+        out.extend_from_slice(b"\\N");
+        return;
+    };
+    for b in value.bytes() {
+        match b {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            _ => out.push(b),
+        }
+    }
+}
