@@ -10,8 +10,10 @@ use pgrx::prelude::*;
 
 mod api;
 mod distribution;
+mod executor;
 mod gucs;
 mod pg;
+mod planner;
 mod remote;
 mod shmem;
 mod worker;
@@ -62,8 +64,9 @@ pub extern "C-unwind" fn _PG_init() {
     }
     gucs::init();
     shmem::init();
-    // Planner hook: statements over distributed tables are refused until they are routed.
-    distribution::guard::install();
+    // Planner hooks: route statements over distributed tables (planner_hook,
+    // set_rel_pathlist_hook), with the SynapseScan custom scan.
+    planner::install();
     worker::register();
 }
 

@@ -90,6 +90,7 @@ pub fn placements(shard_count: u32) -> Vec<i64> {
 #[derive(Clone, Debug)]
 pub struct TableEntry {
     pub kind: String,
+    pub shard_key: Option<String>,
     pub shard_count: Option<u32>,
 }
 
@@ -98,7 +99,7 @@ pub fn table_entry(schema: &str, name: &str) -> Option<TableEntry> {
     Spi::connect(|client| {
         client
             .select(
-                "SELECT kind, shard_count FROM synapse.table_catalog \
+                "SELECT kind, shard_key, shard_count FROM synapse.table_catalog \
                  WHERE schema_name = $1 AND table_name = $2",
                 None,
                 &[schema.into(), name.into()],
@@ -107,7 +108,8 @@ pub fn table_entry(schema: &str, name: &str) -> Option<TableEntry> {
             .next()
             .map(|row| TableEntry {
                 kind: row.get::<String>(1).ok().flatten().unwrap_or_default(),
-                shard_count: row.get::<i32>(2).ok().flatten().map(|c| c as u32),
+                shard_key: row.get::<String>(2).ok().flatten(),
+                shard_count: row.get::<i32>(3).ok().flatten().map(|c| c as u32),
             })
     })
 }

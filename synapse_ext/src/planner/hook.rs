@@ -1,0 +1,222 @@
+//! The planner hook: plans statements over distributed tables, then checks the plan.
+//!
+//! Writes to distributed tables are not routed yet and are refused with a clear error.
+//! Reads are planned by PostgreSQL with each distributed table replaced by a
+//! `SynapseScan` ([`super::pullup`]). Partitionwise joins and aggregates are off while
+//! such a statement is planned (they would scan a distributed table's local partitions
+//! directly), and the finished plan is checked: a scan of a distributed table's partition
+//! anywhere outside a `SynapseScan` would give a partial answer, so it is an ERROR.
+
+use std::os::raw::{c_char, c_int};
+
+use pgrx::pg_sys;
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
+use pgrx::PgList;
+
+use crate::distribution::guard::is_distributed;
+
+extern "C-unwind" {
+    // catalog/partition.h, not in pgrx's bindings.
+    fn get_partition_parent(relid: pg_sys::Oid, even_if_detached: bool) -> pg_sys::Oid;
+}
+
+static mut PREV_PLANNER: pg_sys::planner_hook_type = None;
+
+pub fn install() {
+    // SAFETY: _PG_init, once, in the postmaster; chains the previous hook.
+    unsafe {
+        PREV_PLANNER = pg_sys::planner_hook;
+        pg_sys::planner_hook = Some(planner);
+    }
+}
+
+fn error(code: PgSqlErrorCode, message: String, hint: &str) -> ! {
+    let mut report = ErrorReport::new(code, message, "synapse");
+    if !hint.is_empty() {
+        report = report.set_hint(hint);
+    }
+    report.report(PgLogLevel::ERROR);
+    unreachable!()
+}
+
+fn rel_name(oid: pg_sys::Oid) -> String {
+    // SAFETY: a syscache lookup by oid; the name is palloc'd.
+    let name = unsafe { pg_sys::get_rel_name(oid) };
+    if name.is_null() {
+        return oid.to_u32().to_string();
+    }
+    // SAFETY: a valid C string.
+    unsafe { std::ffi::CStr::from_ptr(name) }.to_string_lossy().into_owned()
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn planner(
+    parse: *mut pg_sys::Query,
+    query_string: *const c_char,
+    cursor_options: c_int,
+    bound_params: pg_sys::ParamListInfo,
+) -> *mut pg_sys::PlannedStmt {
+    let standard = |parse, query_string, cursor_options, bound_params| {
+        // SAFETY: PostgreSQL's arguments, passed on unchanged.
+        unsafe {
+            match PREV_PLANNER {
+                Some(prev) => prev(parse, query_string, cursor_options, bound_params),
+                None => pg_sys::standard_planner(parse, query_string, cursor_options, bound_params),
+            }
+        }
+    };
+    if !super::routing_active() {
+        return standard(parse, query_string, cursor_options, bound_params);
+    }
+    // SAFETY: a valid Query from the rewriter.
+    unsafe { refuse_writes(parse) };
+    // SAFETY: the planner's own settings, restored below (also on error, by the GUC
+    // machinery at transaction abort... these are plain globals, so restore explicitly).
+    let (join, agg) = unsafe { (pg_sys::enable_partitionwise_join, pg_sys::enable_partitionwise_aggregate) };
+    struct Restore(bool, bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            // SAFETY: restores the values saved above, main thread.
+            unsafe {
+                pg_sys::enable_partitionwise_join = self.0;
+                pg_sys::enable_partitionwise_aggregate = self.1;
+            }
+        }
+    }
+    let restore = Restore(join, agg);
+    // SAFETY: plain globals read by the planner, main thread.
+    unsafe {
+        pg_sys::enable_partitionwise_join = false;
+        pg_sys::enable_partitionwise_aggregate = false;
+    }
+    let stmt = standard(parse, query_string, cursor_options, bound_params);
+    drop(restore);
+    // SAFETY: a finished plan.
+    unsafe { check_plan(stmt) };
+    stmt
+}
+
+/// Writes to distributed tables are not routed yet, nor are row locks on them.
+unsafe fn refuse_writes(parse: *mut pg_sys::Query) {
+    // SAFETY: a valid Query.
+    unsafe {
+        let rtable = PgList::<pg_sys::RangeTblEntry>::from_pg((*parse).rtable);
+        for mark in PgList::<pg_sys::RowMarkClause>::from_pg((*parse).rowMarks).iter_ptr() {
+            if let Some(rte) = rtable.get_ptr((*mark).rti as usize - 1) {
+                if (*rte).rtekind == pg_sys::RTEKind::RTE_RELATION && is_distributed((*rte).relid) {
+                    error(
+                        PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                        format!(
+                            "SELECT ... FOR UPDATE/SHARE on distributed table \"{}\" is not supported",
+                            rel_name((*rte).relid)
+                        ),
+                        "Row locks on other nodes arrive with the router level.",
+                    );
+                }
+            }
+        }
+        let command = (*parse).commandType;
+        if !matches!(
+            command,
+            pg_sys::CmdType::CMD_INSERT | pg_sys::CmdType::CMD_UPDATE | pg_sys::CmdType::CMD_DELETE | pg_sys::CmdType::CMD_MERGE
+        ) || (*parse).resultRelation <= 0
+        {
+            return;
+        }
+        let Some(rte) = rtable.get_ptr((*parse).resultRelation as usize - 1) else {
+            return;
+        };
+        if is_distributed((*rte).relid) {
+            error(
+                PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                format!("writes to distributed table \"{}\" are not routed to its nodes yet", rel_name((*rte).relid)),
+                "Reads of distributed tables are routed; writes arrive with the router level.",
+            );
+        }
+    }
+}
+
+/// Errors if the plan scans a distributed table or one of its partitions other than
+/// through a `SynapseScan`, or writes one.
+unsafe fn check_plan(stmt: *mut pg_sys::PlannedStmt) {
+    // SAFETY: a finished plan; the range table is flattened.
+    unsafe {
+        let rtable = (*stmt).rtable;
+        walk_plan((*stmt).planTree, rtable);
+        for sub in PgList::<pg_sys::Plan>::from_pg((*stmt).subplans).iter_ptr() {
+            walk_plan(sub, rtable);
+        }
+        for rti in PgList::<i32>::from_pg((*stmt).resultRelations).iter_int() {
+            check_relation(rtable, rti as u32, "written");
+        }
+    }
+}
+
+unsafe fn check_relation(rtable: *mut pg_sys::List, rti: u32, how: &str) {
+    // SAFETY: `rti` indexes the plan's range table.
+    unsafe {
+        let Some(rte) = PgList::<pg_sys::RangeTblEntry>::from_pg(rtable).get_ptr(rti as usize - 1) else {
+            return;
+        };
+        if (*rte).rtekind != pg_sys::RTEKind::RTE_RELATION {
+            return;
+        }
+        let relid = (*rte).relid;
+        let distributed = is_distributed(relid)
+            || (pg_sys::get_rel_relispartition(relid) && is_distributed(get_partition_parent(relid, true)));
+        if distributed {
+            error(
+                PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                format!("this plan would have {how} only this node's shards of \"{}\"", rel_name(relid)),
+                "This form of statement is not routed yet; please report it.",
+            );
+        }
+    }
+}
+
+unsafe fn walk_plan(plan: *mut pg_sys::Plan, rtable: *mut pg_sys::List) {
+    if plan.is_null() {
+        return;
+    }
+    // SAFETY: a valid plan tree; each node type is cast to its own struct.
+    unsafe {
+        use pg_sys::NodeTag::*;
+        let tag = (*plan).type_;
+        match tag {
+            T_SeqScan | T_SampleScan | T_IndexScan | T_IndexOnlyScan | T_BitmapHeapScan | T_TidScan
+            | T_TidRangeScan => {
+                check_relation(rtable, (*(plan as *mut pg_sys::Scan)).scanrelid, "read");
+            }
+            T_Append => {
+                for p in PgList::<pg_sys::Plan>::from_pg((*(plan as *mut pg_sys::Append)).appendplans).iter_ptr() {
+                    walk_plan(p, rtable);
+                }
+            }
+            T_MergeAppend => {
+                for p in PgList::<pg_sys::Plan>::from_pg((*(plan as *mut pg_sys::MergeAppend)).mergeplans).iter_ptr() {
+                    walk_plan(p, rtable);
+                }
+            }
+            T_BitmapAnd => {
+                for p in PgList::<pg_sys::Plan>::from_pg((*(plan as *mut pg_sys::BitmapAnd)).bitmapplans).iter_ptr() {
+                    walk_plan(p, rtable);
+                }
+            }
+            T_BitmapOr => {
+                for p in PgList::<pg_sys::Plan>::from_pg((*(plan as *mut pg_sys::BitmapOr)).bitmapplans).iter_ptr() {
+                    walk_plan(p, rtable);
+                }
+            }
+            T_SubqueryScan => walk_plan((*(plan as *mut pg_sys::SubqueryScan)).subplan, rtable),
+            T_CustomScan => {
+                for p in PgList::<pg_sys::Plan>::from_pg((*(plan as *mut pg_sys::CustomScan)).custom_plans).iter_ptr() {
+                    walk_plan(p, rtable);
+                }
+            }
+            _ => {}
+        }
+        walk_plan((*plan).lefttree, rtable);
+        walk_plan((*plan).righttree, rtable);
+    }
+}

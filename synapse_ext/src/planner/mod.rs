@@ -1,0 +1,24 @@
+//! Query routing: the planner hook and the paths that make a statement over distributed
+//! tables return what one server holding all their rows would return (DESIGN.md, "Query
+//! routing"). The levels so far: local (the statement needs this node's shards only:
+//! PostgreSQL's own plan) and pull-up ([`pullup`]).
+
+pub mod hook;
+pub mod pullup;
+pub mod shippable;
+
+use crate::distribution::guard;
+use crate::gucs;
+
+/// Whether statements planned now are routed: not in fragments (which act on this node's
+/// shards) and not in synapse's own work on shards.
+pub fn routing_active() -> bool {
+    !gucs::fragment() && !guard::is_bypassed()
+}
+
+/// Installs the hooks (from `_PG_init`).
+pub fn install() {
+    hook::install();
+    pullup::install();
+    crate::executor::remote_scan::register();
+}
