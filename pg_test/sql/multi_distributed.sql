@@ -67,7 +67,6 @@ SELECT count(*) AS shards, count(DISTINCT node) AS nodes FROM synapse.placements
 SELECT count(*) AS shard_partitions, sum(row_estimate) >= 0 AS estimated FROM synapse.shards WHERE table_name = 'public.orders';
 -- Reads are routed: every node's rows.
 SELECT count(*) FROM orders;
-INSERT INTO orders (id, customer, amount) VALUES (5000, 'x', 1);
 -- On each node, as a fragment: only rows of shards the placement catalog gives that node,
 -- each in the partition of its shard, and the table keeps its keys, checks and defaults.
 SET synapse.fragment = on;
@@ -97,6 +96,33 @@ INSERT INTO orders (id, customer, amount)
   WHERE (SELECT node FROM synapse.placements WHERE table_name = 'public.orders' AND shard = synapse.shard_of(g, 32)) <> 'node3'
   LIMIT 1;
 RESET synapse.fragment;
+
+-- Statements pinned to one shard by the key run whole on the shard's node; others read
+-- every node; writes that would span nodes are refused until two-phase commit.
+\c - - - :node1_port
+SELECT id, customer, amount FROM orders WHERE id = 17;
+EXPLAIN (COSTS OFF) SELECT id, customer FROM orders WHERE id = 17;
+INSERT INTO orders (id, customer, amount) VALUES (5000, 'x', 1) RETURNING id, customer, note, total;
+UPDATE orders SET amount = amount + 1 WHERE id = 5000 RETURNING id, amount, total;
+DELETE FROM orders WHERE id = 5000;
+UPDATE orders SET amount = 0;
+UPDATE orders SET id = 6000 WHERE id = 17;
+SELECT customer, count(*), sum(amount) FROM orders GROUP BY customer ORDER BY customer LIMIT 3;
+EXPLAIN (COSTS OFF) SELECT count(*) FROM orders WHERE amount > 50;
+-- DDL reaches every node.
+ALTER TABLE orders ADD COLUMN extra int DEFAULT 7;
+CREATE INDEX orders_amount ON orders (amount);
+SELECT count(*), sum(extra) FROM orders;
+\c - - - :node3_port
+SET synapse.fragment = on;
+SELECT attname FROM pg_attribute WHERE attrelid = 'orders'::regclass AND attname = 'extra';
+SELECT indexname FROM pg_indexes WHERE tablename = 'orders' AND indexname = 'orders_amount';
+RESET synapse.fragment;
+\c - - - :node1_port
+ALTER TABLE orders RENAME TO orders2;
+ALTER TABLE orders RENAME COLUMN id TO order_id;
+COPY orders FROM '/dev/null';
+COPY orders TO STDOUT;
 
 -- Bad input: clear errors, and the table stays as it was.
 \c - - - :node1_port
@@ -131,6 +157,19 @@ SELECT table_name, shard, node, role FROM synapse.placements WHERE table_name = 
 \c - - - :node3_port
 SELECT * FROM regions ORDER BY code;
 INSERT INTO regions VALUES ('af', 'Africa');
+\c - - - :node1_port
+
+-- TRUNCATE and DROP reach every node; DROP also leaves the catalog.
+CREATE TABLE scratch (k text PRIMARY KEY, v int);
+INSERT INTO scratch SELECT 'k' || g, g FROM generate_series(1, 50) g;
+SELECT synapse.create_distributed_table('scratch', 'k', 8);
+SELECT count(*) FROM scratch;
+TRUNCATE scratch;
+SELECT count(*) FROM scratch;
+DROP TABLE scratch;
+SELECT count(*) AS scratch_entries FROM synapse.distributed_tables WHERE table_name = 'public.scratch';
+\c - - - :node2_port
+SELECT count(*) AS scratch_tables FROM pg_class WHERE relname = 'scratch';
 \c - - - :node1_port
 
 -- Undistributing brings every row back into an ordinary table here, and drops the others.

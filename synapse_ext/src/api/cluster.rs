@@ -185,11 +185,10 @@ fn compare_and_set_cluster_setting(name: &str, expected: Option<&str>, new: &str
 #[pg_extern(volatile)]
 fn cluster_setting(name: &str) -> Option<String> {
     ask(LocalRequest::ReadBarrier);
-    Spi::get_one_with_args::<String>(
-        "SELECT (SELECT value FROM synapse.setting_catalog WHERE name = $1)",
+    crate::pg::spi::select_one::<String>(
+        "SELECT value FROM synapse.setting_catalog WHERE name = $1",
         &[name.into()],
     )
-    .unwrap_or_else(|e| report(NodeError::new(ErrorKind::Internal, e.to_string())))
 }
 
 /// `synapse.tls_status()`: this node's certificate, the CA's fingerprint and the number of
@@ -307,9 +306,8 @@ fn node_info() -> pgrx::JsonB {
         LocalReply::Status(s) => s,
         _ => Default::default(),
     };
-    let cluster_id = Spi::get_one::<String>("SELECT cluster_id FROM synapse.cluster_catalog")
-        .ok()
-        .flatten();
+    let cluster_id =
+        crate::pg::spi::select_one::<String>("SELECT cluster_id FROM synapse.cluster_catalog", &[]);
     // SAFETY: PostPortNumber is set at server start.
     let pg_port = unsafe { pg_sys::PostPortNumber } as u16;
     let description = NodeDescription {

@@ -13,11 +13,10 @@ mod gossip;
 /// They differ after a library upgrade until `ALTER EXTENSION synapse UPDATE` runs.
 #[pg_extern(stable, parallel_safe)]
 fn version() -> String {
-    let extension = Spi::get_one::<String>(
+    let extension = crate::pg::spi::select_one::<String>(
         "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'synapse'",
+        &[],
     )
-    .ok()
-    .flatten()
     .unwrap_or_else(|| "not installed".to_owned());
     format!(
         "SynapseDB library {}, extension {extension}",

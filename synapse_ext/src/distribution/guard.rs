@@ -76,9 +76,7 @@ fn shard_opclass(oid: pg_sys::Oid) -> Option<pg_sys::Oid> {
             ((*classes).dim1 == 1).then(|| *(*classes).values.as_ptr())
         };
         pg_sys::ReleaseSysCache(tuple);
-        let Some(opclass) = opclass else {
-            return None;
-        };
+        let opclass = opclass?;
         let tuple =
             pg_sys::SearchSysCache1(pg_sys::SysCacheIdentifier::CLAOID as i32, opclass.into());
         if tuple.is_null() {

@@ -51,14 +51,22 @@ pub fn nodes() -> Vec<NodeTarget> {
     })
 }
 
-/// This node's id; an ERROR when it is not a member of a cluster.
+/// This node's id; an ERROR when it is not a member of a cluster. Cached by the backend
+/// once known: a node's id never changes (ids are never given twice).
 pub fn local_node_id() -> i64 {
-    let id = Spi::get_one_with_args::<i64>(
+    thread_local! {
+        static ID: std::cell::Cell<Option<i64>> = const { std::cell::Cell::new(None) };
+    }
+    if let Some(id) = ID.with(|c| c.get()) {
+        return id;
+    }
+    let id = crate::pg::spi::select_one::<i64>(
         "SELECT id FROM synapse.node_catalog WHERE name = $1",
         &[gucs::node_name().into()],
-    )
-    .ok()
-    .flatten();
+    );
+    if let Some(id) = id {
+        ID.with(|c| c.set(Some(id)));
+    }
     id.unwrap_or_else(|| {
         pgrx::pg_sys::panic::ErrorReport::new(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,

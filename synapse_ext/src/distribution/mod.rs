@@ -6,5 +6,6 @@ pub mod ddl;
 pub mod guard;
 pub mod metadata;
 pub mod operations;
+pub mod pins;
 pub mod shard_key;
 pub mod stats;

@@ -66,13 +66,14 @@ fn check_owner(table: pg_sys::Oid) {
     }
 }
 
-fn check_not_in_catalog(def: &TableDef) {
-    if let Some(entry) = metadata::table_entry(&def.schema, &def.name) {
+fn check_not_in_catalog(table: pg_sys::Oid) {
+    let (schema, name) = ddl::names(table);
+    if let Some(entry) = metadata::table_entry(&schema, &name) {
         error(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             format!(
                 "table {} is already a {} table",
-                def.qualified(),
+                ddl::qualified(&schema, &name),
                 entry.kind
             ),
             "Run synapse.undistribute_table() first to change how it is distributed.",
@@ -105,8 +106,9 @@ fn run(sql: &str) {
 /// `synapse.create_distributed_table()`.
 pub fn distribute(table: pg_sys::Oid, key: &str, shard_count: u32) {
     check_owner(table);
+    pool::allow_several_writers();
+    check_not_in_catalog(table);
     let def = ddl::read(table);
-    check_not_in_catalog(&def);
     let Some(key_column) = def.columns.iter().find(|c| c.name == key) else {
         error(
             PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
@@ -292,8 +294,9 @@ fn reference_trigger_ddl(table_sql: &str) -> String {
 /// `synapse.create_reference_table()`.
 pub fn make_reference(table: pg_sys::Oid) {
     check_owner(table);
+    pool::allow_several_writers();
+    check_not_in_catalog(table);
     let def = ddl::read(table);
-    check_not_in_catalog(&def);
     let me = metadata::local_node_id();
     let nodes = metadata::nodes();
     let table_sql = def.qualified();
@@ -375,6 +378,7 @@ pub fn make_reference(table: pg_sys::Oid) {
 /// `synapse.undistribute_table()`.
 pub fn undistribute(table: pg_sys::Oid) {
     check_owner(table);
+    pool::allow_several_writers();
     let (schema, name) = ddl::names(table);
     let table_sql = ddl::qualified(&schema, &name);
     let Some(entry) = metadata::table_entry(&schema, &name) else {

@@ -1,3 +1,5 @@
 //! Run-time parts of distributed plans: the custom scan nodes.
 
+pub mod common;
 pub mod remote_scan;
+pub mod router_scan;

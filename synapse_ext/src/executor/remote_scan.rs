@@ -13,7 +13,8 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::PgList;
 
-use crate::distribution::{ddl, guard, metadata, shard_key};
+use super::common::{clear, Params, TextInput};
+use crate::distribution::{ddl, guard, metadata, pins};
 use crate::remote::connection::NodeTarget;
 use crate::remote::pool;
 
@@ -61,9 +62,7 @@ struct ScanNode {
 /// One column fetched: its number in the table and how to read its text.
 struct Column {
     attno: usize,
-    input: pg_sys::FmgrInfo,
-    ioparam: pg_sys::Oid,
-    typmod: i32,
+    input: TextInput,
 }
 
 struct Target {
@@ -110,7 +109,11 @@ fn str_val(node: *mut pg_sys::Node) -> String {
 }
 
 #[pg_guard]
-unsafe extern "C-unwind" fn begin(css: *mut pg_sys::CustomScanState, estate: *mut pg_sys::EState, _eflags: i32) {
+unsafe extern "C-unwind" fn begin(
+    css: *mut pg_sys::CustomScanState,
+    estate: *mut pg_sys::EState,
+    _eflags: i32,
+) {
     // SAFETY: called by ExecInitCustomScan with our node, after it set up the scan slot.
     unsafe {
         let node = css as *mut ScanNode;
@@ -118,7 +121,9 @@ unsafe extern "C-unwind" fn begin(css: *mut pg_sys::CustomScanState, estate: *mu
         let private = PgList::<pg_sys::Node>::from_pg((*cscan).custom_private);
         let schema = str_val(private.get_ptr(0).expect("schema"));
         let name = str_val(private.get_ptr(1).expect("table"));
-        let needed = PgList::<pg_sys::Node>::from_pg(private.get_ptr(2).expect("columns") as *mut pg_sys::List);
+        let needed = PgList::<pg_sys::Node>::from_pg(
+            private.get_ptr(2).expect("columns") as *mut pg_sys::List
+        );
         let max_param = (*(private.get_ptr(3).expect("parameters") as *mut pg_sys::Integer)).ival;
         let relid = (*(*css).ss.ss_currentRelation).rd_id;
         let scanrelid = (*cscan).scan.scanrelid;
@@ -132,18 +137,11 @@ unsafe extern "C-unwind" fn begin(css: *mut pg_sys::CustomScanState, estate: *mu
             if (*attr).attisdropped {
                 continue;
             }
-            let mut input = pg_sys::Oid::INVALID;
-            let mut ioparam = pg_sys::Oid::INVALID;
-            pg_sys::getTypeInputInfo((*attr).atttypid, &mut input, &mut ioparam);
-            let mut finfo: pg_sys::FmgrInfo = std::mem::zeroed();
-            pg_sys::fmgr_info_cxt(input, &mut finfo, (*estate).es_query_cxt);
             let attname = CStr::from_ptr((*attr).attname.data.as_ptr()).to_string_lossy();
             select.push(format!("s.{}", ddl::quote_ident(&attname)));
             columns.push(Column {
                 attno,
-                input: finfo,
-                ioparam,
-                typmod: (*attr).atttypmod,
+                input: TextInput::new((*attr).atttypid, (*attr).atttypmod, (*estate).es_query_cxt),
             });
         }
         if select.is_empty() {
@@ -206,7 +204,9 @@ unsafe fn targets(
     let mut shards: Vec<usize> = (0..map.len()).collect();
     // SAFETY: quals are valid expression trees of this scan; estate is the executor's.
     if let Some(key) = entry.shard_key.as_deref() {
-        if let Some(shard) = unsafe { pinned_shard(relid, scanrelid, key, shard_count, quals, estate) } {
+        if let Some(shard) =
+            unsafe { pinned_shard(relid, scanrelid, key, shard_count, quals, estate) }
+        {
             shards = vec![shard as usize];
         }
     }
@@ -237,94 +237,10 @@ unsafe fn pinned_shard(
         let key_c = CString::new(key).ok()?;
         let key_attno = pg_sys::get_attnum(relid, key_c.as_ptr());
         let opfamily = guard::key_opfamily(relid)?;
-        for q in quals.iter_ptr() {
-            if (*q).type_ != pg_sys::NodeTag::T_OpExpr {
-                continue;
-            }
-            let op = q as *mut pg_sys::OpExpr;
-            let args = PgList::<pg_sys::Node>::from_pg((*op).args);
-            if args.len() != 2 || !pg_sys::op_in_opfamily((*op).opno, opfamily) {
-                continue;
-            }
-            let (a, b) = (args.get_ptr(0)?, args.get_ptr(1)?);
-            let value = if is_key_var(a, scanrelid, key_attno) {
-                b
-            } else if is_key_var(b, scanrelid, key_attno) {
-                a
-            } else {
-                continue;
-            };
-            let Some((datum, isnull)) = value_of(value, estate) else {
-                continue;
-            };
-            let Some(kt) = shard_key::KeyType::of(pg_sys::exprType(value)) else {
-                continue;
-            };
-            // `key = NULL` is never true: no shard; still, ask shard 0's node (empty answer).
-            let hash = shard_key::hash_datum(kt, (!isnull).then_some(datum));
-            return Some((hash % u64::from(shard_count)) as u32);
-        }
-        None
-    }
-}
-
-unsafe fn is_key_var(node: *mut pg_sys::Node, scanrelid: u32, attno: i16) -> bool {
-    // SAFETY: reading a valid node.
-    unsafe {
-        let node = strip_relabel(node);
-        (*node).type_ == pg_sys::NodeTag::T_Var && {
-            let v = node as *mut pg_sys::Var;
-            (*v).varno as u32 == scanrelid && (*v).varattno == attno && (*v).varlevelsup == 0
-        }
-    }
-}
-
-unsafe fn strip_relabel(mut node: *mut pg_sys::Node) -> *mut pg_sys::Node {
-    // SAFETY: reading valid nodes.
-    unsafe {
-        while (*node).type_ == pg_sys::NodeTag::T_RelabelType {
-            node = (*(node as *mut pg_sys::RelabelType)).arg.cast();
-        }
-        node
-    }
-}
-
-/// The value of a constant or external parameter.
-unsafe fn value_of(node: *mut pg_sys::Node, estate: *mut pg_sys::EState) -> Option<(pg_sys::Datum, bool)> {
-    // SAFETY: reading valid nodes and the executor's parameter list.
-    unsafe {
-        let node = strip_relabel(node);
-        match (*node).type_ {
-            pg_sys::NodeTag::T_Const => {
-                let c = node as *mut pg_sys::Const;
-                Some(((*c).constvalue, (*c).constisnull))
-            }
-            pg_sys::NodeTag::T_Param => {
-                let p = node as *mut pg_sys::Param;
-                if (*p).paramkind != pg_sys::ParamKind::PARAM_EXTERN {
-                    return None;
-                }
-                let param = param((*estate).es_param_list_info, (*p).paramid)?;
-                (param.ptype == (*p).paramtype).then_some((param.value, param.isnull))
-            }
-            _ => None,
-        }
-    }
-}
-
-/// External parameter `id` (1-based) of a parameter list.
-unsafe fn param(list: pg_sys::ParamListInfo, id: i32) -> Option<pg_sys::ParamExternData> {
-    // SAFETY: a valid parameter list; fetch hooks are called as PostgreSQL documents.
-    unsafe {
-        if list.is_null() || id < 1 || id > (*list).numParams {
-            return None;
-        }
-        if let Some(fetch) = (*list).paramFetch {
-            let mut workspace: pg_sys::ParamExternData = std::mem::zeroed();
-            let p = fetch(list, id, false, &mut workspace);
-            return (!p.is_null()).then(|| *p);
-        }
-        Some(*(*list).params.as_ptr().add(id as usize - 1))
+        quals.iter_ptr().find_map(|q| {
+            let value = pins::key_value(q, scanrelid, key_attno, opfamily)?;
+            pins::shard_of_value(value, (*estate).es_param_list_info, shard_count)
+        })
     }
 }
 
@@ -335,7 +251,10 @@ unsafe extern "C-unwind" fn exec(css: *mut pg_sys::CustomScanState) -> *mut pg_s
 }
 
 #[pg_guard]
-unsafe extern "C-unwind" fn recheck(_ss: *mut pg_sys::ScanState, _slot: *mut pg_sys::TupleTableSlot) -> bool {
+unsafe extern "C-unwind" fn recheck(
+    _ss: *mut pg_sys::ScanState,
+    _slot: *mut pg_sys::TupleTableSlot,
+) -> bool {
     true
 }
 
@@ -368,7 +287,7 @@ unsafe fn fill(node: *mut ScanNode, run: &mut Runtime) {
         pg_sys::MemoryContextSwitchTo(old);
 
         let params = Params::of((*estate).es_param_list_info, run.max_param);
-        let texts: Vec<Option<&str>> = params.texts.iter().map(|t| t.as_deref()).collect();
+        let texts = params.text_refs();
         let sql = run.sql.clone();
         for t in run.targets.iter().filter(|t| !t.local) {
             pool::in_transaction(&t.node, false, |c| c.send(&sql, &texts));
@@ -387,13 +306,7 @@ unsafe fn fill(node: *mut ScanNode, run: &mut Runtime) {
                     let Some(value) = value else {
                         continue;
                     };
-                    let text = CString::new(value).expect("no NUL in a value's text");
-                    *(*slot).tts_values.add(column.attno - 1) = pg_sys::InputFunctionCall(
-                        &mut column.input,
-                        text.as_ptr() as *mut _,
-                        column.ioparam,
-                        column.typmod,
-                    );
+                    *(*slot).tts_values.add(column.attno - 1) = column.input.read(&value);
                     *(*slot).tts_isnull.add(column.attno - 1) = false;
                 }
                 pg_sys::ExecStoreVirtualTuple(slot);
@@ -407,19 +320,6 @@ unsafe fn fill(node: *mut ScanNode, run: &mut Runtime) {
     }
 }
 
-/// Empties a virtual slot: every column NULL.
-unsafe fn clear(slot: *mut pg_sys::TupleTableSlot) {
-    // SAFETY: a valid slot with natts values.
-    unsafe {
-        pg_sys::ExecClearTuple(slot);
-        let natts = (*(*slot).tts_tupleDescriptor).natts as usize;
-        for i in 0..natts {
-            *(*slot).tts_isnull.add(i) = true;
-            *(*slot).tts_values.add(i) = pg_sys::Datum::from(0);
-        }
-    }
-}
-
 /// This node's rows, through SPI, as a fragment (the guard is off).
 unsafe fn read_local(node: *mut ScanNode, run: &mut Runtime, params: &Params) {
     // SAFETY: SPI is connected and finished here; tuples are copied into the tuplestore
@@ -429,8 +329,7 @@ unsafe fn read_local(node: *mut ScanNode, run: &mut Runtime, params: &Params) {
         pg_sys::SPI_connect();
         let mut types = params.types.clone();
         let mut values = params.values.clone();
-        let nulls: Vec<std::os::raw::c_char> =
-            params.nulls.iter().map(|n| if *n { b'n' as _ } else { b' ' as _ }).collect();
+        let nulls = params.spi_nulls();
         let portal = guard::bypassed(|| {
             pg_sys::SPI_cursor_open_with_args(
                 std::ptr::null(),
@@ -456,7 +355,8 @@ unsafe fn read_local(node: *mut ScanNode, run: &mut Runtime, params: &Params) {
                 clear(slot);
                 for (j, column) in run.columns.iter().enumerate() {
                     let mut isnull = false;
-                    let value = pg_sys::SPI_getbinval(tuple, (*table).tupdesc, j as i32 + 1, &mut isnull);
+                    let value =
+                        pg_sys::SPI_getbinval(tuple, (*table).tupdesc, j as i32 + 1, &mut isnull);
                     *(*slot).tts_values.add(column.attno - 1) = value;
                     *(*slot).tts_isnull.add(column.attno - 1) = isnull;
                 }
@@ -467,46 +367,6 @@ unsafe fn read_local(node: *mut ScanNode, run: &mut Runtime, params: &Params) {
         }
         pg_sys::SPI_cursor_close(portal);
         pg_sys::SPI_finish();
-    }
-}
-
-/// The statement's external parameters: types, values, and text for other nodes.
-struct Params {
-    types: Vec<pg_sys::Oid>,
-    values: Vec<pg_sys::Datum>,
-    nulls: Vec<bool>,
-    texts: Vec<Option<String>>,
-}
-
-impl Params {
-    unsafe fn of(list: pg_sys::ParamListInfo, max: i32) -> Params {
-        let mut p = Params {
-            types: vec![],
-            values: vec![],
-            nulls: vec![],
-            texts: vec![],
-        };
-        // SAFETY: a valid (or NULL) parameter list.
-        let n = if list.is_null() { 0 } else { unsafe { (*list).numParams }.min(max) };
-        for id in 1..=n {
-            // SAFETY: as above; output functions of the parameters' own types.
-            unsafe {
-                let param = param(list, id).unwrap_or_else(|| std::mem::zeroed());
-                p.types.push(param.ptype);
-                p.values.push(param.value);
-                p.nulls.push(param.isnull || param.ptype == pg_sys::Oid::INVALID);
-                p.texts.push(if param.isnull || param.ptype == pg_sys::Oid::INVALID {
-                    None
-                } else {
-                    let mut out = pg_sys::Oid::INVALID;
-                    let mut varlena = false;
-                    pg_sys::getTypeOutputInfo(param.ptype, &mut out, &mut varlena);
-                    let text = pg_sys::OidOutputFunctionCall(out, param.value);
-                    Some(CStr::from_ptr(text).to_string_lossy().into_owned())
-                });
-            }
-        }
-        p
     }
 }
 
@@ -553,7 +413,13 @@ unsafe extern "C-unwind" fn explain(
         let nodes: Vec<String> = run
             .targets
             .iter()
-            .map(|t| if t.local { format!("{} (local)", t.node.name) } else { t.node.name.clone() })
+            .map(|t| {
+                if t.local {
+                    format!("{} (local)", t.node.name)
+                } else {
+                    t.node.name.clone()
+                }
+            })
             .collect();
         property(c"Nodes", &nodes.join(", "));
         property(c"Shards", &format!("{} of {}", run.shards.0, run.shards.1));

@@ -4,6 +4,7 @@
 
 pub mod local_rpc;
 pub mod signals;
+pub mod spi;
 pub mod wait;
 pub mod xact;
 

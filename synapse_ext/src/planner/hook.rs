@@ -1,8 +1,9 @@
 //! The planner hook: plans statements over distributed tables, then checks the plan.
 //!
-//! Writes to distributed tables are not routed yet and are refused with a clear error.
-//! Reads are planned by PostgreSQL with each distributed table replaced by a
-//! `SynapseScan` ([`super::pullup`]). Partitionwise joins and aggregates are off while
+//! A statement whose distributed tables are pinned to one node runs whole there
+//! ([`super::router`]). Other writes to distributed tables need two-phase commit and are
+//! refused with a clear error; other reads are planned by PostgreSQL with each
+//! distributed table replaced by a `SynapseScan` ([`super::pullup`]). Partitionwise joins and aggregates are off while
 //! such a statement is planned (they would scan a distributed table's local partitions
 //! directly), and the finished plan is checked: a scan of a distributed table's partition
 //! anywhere outside a `SynapseScan` would give a partial answer, so it is an ERROR.
@@ -14,7 +15,8 @@ use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::PgList;
 
-use crate::distribution::guard::is_distributed;
+use super::router::{self, Route};
+use crate::distribution::guard::{self, is_distributed};
 
 extern "C-unwind" {
     // catalog/partition.h, not in pgrx's bindings.
@@ -47,7 +49,9 @@ fn rel_name(oid: pg_sys::Oid) -> String {
         return oid.to_u32().to_string();
     }
     // SAFETY: a valid C string.
-    unsafe { std::ffi::CStr::from_ptr(name) }.to_string_lossy().into_owned()
+    unsafe { std::ffi::CStr::from_ptr(name) }
+        .to_string_lossy()
+        .into_owned()
 }
 
 #[pg_guard]
@@ -69,11 +73,29 @@ unsafe extern "C-unwind" fn planner(
     if !super::routing_active() {
         return standard(parse, query_string, cursor_options, bound_params);
     }
-    // SAFETY: a valid Query from the rewriter.
-    unsafe { refuse_writes(parse) };
+    // SAFETY: a valid rewritten Query and the planner's parameters.
+    let (route, relations) = unsafe { router::route(parse, bound_params) };
+    match route {
+        // Every shard the statement needs is here: PostgreSQL's own plan over them.
+        Route::Local => {
+            return guard::bypassed(|| standard(parse, query_string, cursor_options, bound_params))
+        }
+        // SAFETY: the Query the router accepted.
+        Route::Single { pins, node } => {
+            return unsafe { router::plan(parse, pins, node, relations) }
+        }
+        // SAFETY: a valid Query.
+        Route::Spread(why) => unsafe { refuse_writes(parse, &why) },
+        Route::NotDistributed => {}
+    }
     // SAFETY: the planner's own settings, restored below (also on error, by the GUC
     // machinery at transaction abort... these are plain globals, so restore explicitly).
-    let (join, agg) = unsafe { (pg_sys::enable_partitionwise_join, pg_sys::enable_partitionwise_aggregate) };
+    let (join, agg) = unsafe {
+        (
+            pg_sys::enable_partitionwise_join,
+            pg_sys::enable_partitionwise_aggregate,
+        )
+    };
     struct Restore(bool, bool);
     impl Drop for Restore {
         fn drop(&mut self) {
@@ -97,8 +119,9 @@ unsafe extern "C-unwind" fn planner(
     stmt
 }
 
-/// Writes to distributed tables are not routed yet, nor are row locks on them.
-unsafe fn refuse_writes(parse: *mut pg_sys::Query) {
+/// A write to a distributed table that is not on one node needs two-phase commit, which
+/// is not available yet; row locks on several nodes are not supported either.
+unsafe fn refuse_writes(parse: *mut pg_sys::Query, why: &str) {
     // SAFETY: a valid Query.
     unsafe {
         let rtable = PgList::<pg_sys::RangeTblEntry>::from_pg((*parse).rtable);
@@ -111,7 +134,7 @@ unsafe fn refuse_writes(parse: *mut pg_sys::Query) {
                             "SELECT ... FOR UPDATE/SHARE on distributed table \"{}\" is not supported",
                             rel_name((*rte).relid)
                         ),
-                        "Row locks on other nodes arrive with the router level.",
+                        "Pin the rows to one node with the shard key (key = value): such statements run whole on that node.",
                     );
                 }
             }
@@ -119,7 +142,10 @@ unsafe fn refuse_writes(parse: *mut pg_sys::Query) {
         let command = (*parse).commandType;
         if !matches!(
             command,
-            pg_sys::CmdType::CMD_INSERT | pg_sys::CmdType::CMD_UPDATE | pg_sys::CmdType::CMD_DELETE | pg_sys::CmdType::CMD_MERGE
+            pg_sys::CmdType::CMD_INSERT
+                | pg_sys::CmdType::CMD_UPDATE
+                | pg_sys::CmdType::CMD_DELETE
+                | pg_sys::CmdType::CMD_MERGE
         ) || (*parse).resultRelation <= 0
         {
             return;
@@ -128,10 +154,17 @@ unsafe fn refuse_writes(parse: *mut pg_sys::Query) {
             return;
         };
         if is_distributed((*rte).relid) {
+            let verb = match command {
+                pg_sys::CmdType::CMD_INSERT => "INSERT into",
+                pg_sys::CmdType::CMD_UPDATE => "UPDATE of",
+                pg_sys::CmdType::CMD_DELETE => "DELETE from",
+                _ => "MERGE into",
+            };
             error(
                 PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-                format!("writes to distributed table \"{}\" are not routed to its nodes yet", rel_name((*rte).relid)),
-                "Reads of distributed tables are routed; writes arrive with the router level.",
+                format!("{verb} distributed table \"{}\" must run on one node: {why}", rel_name((*rte).relid)),
+                "Pin the statement to one shard with its key (WHERE key = value, or key values of one node in an INSERT); \
+                 writes that span nodes need two-phase commit, which is not available yet.",
             );
         }
     }
@@ -156,7 +189,8 @@ unsafe fn check_plan(stmt: *mut pg_sys::PlannedStmt) {
 unsafe fn check_relation(rtable: *mut pg_sys::List, rti: u32, how: &str) {
     // SAFETY: `rti` indexes the plan's range table.
     unsafe {
-        let Some(rte) = PgList::<pg_sys::RangeTblEntry>::from_pg(rtable).get_ptr(rti as usize - 1) else {
+        let Some(rte) = PgList::<pg_sys::RangeTblEntry>::from_pg(rtable).get_ptr(rti as usize - 1)
+        else {
             return;
         };
         if (*rte).rtekind != pg_sys::RTEKind::RTE_RELATION {
@@ -164,11 +198,15 @@ unsafe fn check_relation(rtable: *mut pg_sys::List, rti: u32, how: &str) {
         }
         let relid = (*rte).relid;
         let distributed = is_distributed(relid)
-            || (pg_sys::get_rel_relispartition(relid) && is_distributed(get_partition_parent(relid, true)));
+            || (pg_sys::get_rel_relispartition(relid)
+                && is_distributed(get_partition_parent(relid, true)));
         if distributed {
             error(
                 PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-                format!("this plan would have {how} only this node's shards of \"{}\"", rel_name(relid)),
+                format!(
+                    "this plan would have {how} only this node's shards of \"{}\"",
+                    rel_name(relid)
+                ),
                 "This form of statement is not routed yet; please report it.",
             );
         }
@@ -184,33 +222,50 @@ unsafe fn walk_plan(plan: *mut pg_sys::Plan, rtable: *mut pg_sys::List) {
         use pg_sys::NodeTag::*;
         let tag = (*plan).type_;
         match tag {
-            T_SeqScan | T_SampleScan | T_IndexScan | T_IndexOnlyScan | T_BitmapHeapScan | T_TidScan
-            | T_TidRangeScan => {
+            T_SeqScan | T_SampleScan | T_IndexScan | T_IndexOnlyScan | T_BitmapHeapScan
+            | T_TidScan | T_TidRangeScan => {
                 check_relation(rtable, (*(plan as *mut pg_sys::Scan)).scanrelid, "read");
             }
             T_Append => {
-                for p in PgList::<pg_sys::Plan>::from_pg((*(plan as *mut pg_sys::Append)).appendplans).iter_ptr() {
+                for p in
+                    PgList::<pg_sys::Plan>::from_pg((*(plan as *mut pg_sys::Append)).appendplans)
+                        .iter_ptr()
+                {
                     walk_plan(p, rtable);
                 }
             }
             T_MergeAppend => {
-                for p in PgList::<pg_sys::Plan>::from_pg((*(plan as *mut pg_sys::MergeAppend)).mergeplans).iter_ptr() {
+                for p in PgList::<pg_sys::Plan>::from_pg(
+                    (*(plan as *mut pg_sys::MergeAppend)).mergeplans,
+                )
+                .iter_ptr()
+                {
                     walk_plan(p, rtable);
                 }
             }
             T_BitmapAnd => {
-                for p in PgList::<pg_sys::Plan>::from_pg((*(plan as *mut pg_sys::BitmapAnd)).bitmapplans).iter_ptr() {
+                for p in
+                    PgList::<pg_sys::Plan>::from_pg((*(plan as *mut pg_sys::BitmapAnd)).bitmapplans)
+                        .iter_ptr()
+                {
                     walk_plan(p, rtable);
                 }
             }
             T_BitmapOr => {
-                for p in PgList::<pg_sys::Plan>::from_pg((*(plan as *mut pg_sys::BitmapOr)).bitmapplans).iter_ptr() {
+                for p in
+                    PgList::<pg_sys::Plan>::from_pg((*(plan as *mut pg_sys::BitmapOr)).bitmapplans)
+                        .iter_ptr()
+                {
                     walk_plan(p, rtable);
                 }
             }
             T_SubqueryScan => walk_plan((*(plan as *mut pg_sys::SubqueryScan)).subplan, rtable),
             T_CustomScan => {
-                for p in PgList::<pg_sys::Plan>::from_pg((*(plan as *mut pg_sys::CustomScan)).custom_plans).iter_ptr() {
+                for p in PgList::<pg_sys::Plan>::from_pg(
+                    (*(plan as *mut pg_sys::CustomScan)).custom_plans,
+                )
+                .iter_ptr()
+                {
                     walk_plan(p, rtable);
                 }
             }

@@ -1,11 +1,13 @@
 //! Query routing: the planner hook and the paths that make a statement over distributed
 //! tables return what one server holding all their rows would return (DESIGN.md, "Query
-//! routing"). The levels so far: local (the statement needs this node's shards only:
-//! PostgreSQL's own plan) and pull-up ([`pullup`]).
+//! routing"). The levels so far: local and router ([`router`]: the statement needs one
+//! node's shards only, and runs whole there) and pull-up ([`pullup`]).
 
 pub mod hook;
 pub mod pullup;
+pub mod router;
 pub mod shippable;
+pub mod utility;
 
 use crate::distribution::guard;
 use crate::gucs;
@@ -20,5 +22,7 @@ pub fn routing_active() -> bool {
 pub fn install() {
     hook::install();
     pullup::install();
+    utility::install();
     crate::executor::remote_scan::register();
+    crate::executor::router_scan::register();
 }

@@ -66,7 +66,8 @@ unsafe extern "C-unwind" fn set_rel_pathlist(
         if !(*rte).tablesample.is_null() {
             not_supported("TABLESAMPLE on a distributed table");
         }
-        let path = pg_sys::palloc0(std::mem::size_of::<pg_sys::CustomPath>()) as *mut pg_sys::CustomPath;
+        let path =
+            pg_sys::palloc0(std::mem::size_of::<pg_sys::CustomPath>()) as *mut pg_sys::CustomPath;
         (*path).path.type_ = pg_sys::NodeTag::T_CustomPath;
         (*path).path.pathtype = pg_sys::NodeTag::T_CustomScan;
         (*path).path.parent = rel;
@@ -173,7 +174,8 @@ unsafe extern "C-unwind" fn plan_custom_path(
             }
         }
 
-        let cscan = pg_sys::palloc0(std::mem::size_of::<pg_sys::CustomScan>()) as *mut pg_sys::CustomScan;
+        let cscan =
+            pg_sys::palloc0(std::mem::size_of::<pg_sys::CustomScan>()) as *mut pg_sys::CustomScan;
         (*cscan).scan.plan.type_ = pg_sys::NodeTag::T_CustomScan;
         (*cscan).scan.plan.targetlist = tlist;
         (*cscan).scan.plan.qual = quals;

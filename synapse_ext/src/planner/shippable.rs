@@ -60,9 +60,9 @@ pub unsafe fn is_shippable(expr: *mut pg_sys::Node, varno: u32, max_param: &mut 
 
 fn collation_ok(c: pg_sys::Oid) -> bool {
     c == pg_sys::InvalidOid
-        || c == pg_sys::Oid::from(pg_sys::DEFAULT_COLLATION_OID)
-        || c == pg_sys::Oid::from(pg_sys::C_COLLATION_OID)
-        || c == pg_sys::Oid::from(pg_sys::POSIX_COLLATION_OID)
+        || c == pg_sys::DEFAULT_COLLATION_OID
+        || c == pg_sys::C_COLLATION_OID
+        || c == pg_sys::POSIX_COLLATION_OID
 }
 
 /// Returns true to stop: the node is not shippable.
@@ -76,14 +76,18 @@ unsafe extern "C-unwind" fn walk(node: *mut pg_sys::Node, context: *mut c_void) 
         use pg_sys::NodeTag::*;
         // Lists and CASE arms carry no collation of their own.
         if !matches!((*node).type_, T_List | T_CaseWhen)
-            && (!collation_ok(pg_sys::exprCollation(node)) || !collation_ok(pg_sys::exprInputCollation(node)))
+            && (!collation_ok(pg_sys::exprCollation(node))
+                || !collation_ok(pg_sys::exprInputCollation(node)))
         {
             return true;
         }
         match (*node).type_ {
             T_Var => {
                 let var = node as *mut pg_sys::Var;
-                if (*var).varno as u32 != ctx.varno || (*var).varlevelsup != 0 || (*var).varattno < 0 {
+                if (*var).varno as u32 != ctx.varno
+                    || (*var).varlevelsup != 0
+                    || (*var).varattno < 0
+                {
                     return true;
                 }
                 false
@@ -114,8 +118,10 @@ unsafe extern "C-unwind" fn walk(node: *mut pg_sys::Node, context: *mut c_void) 
             }
             T_BoolExpr | T_NullTest | T_BooleanTest | T_CaseExpr | T_CaseWhen | T_CaseTestExpr
             | T_ArrayExpr | T_CoalesceExpr | T_MinMaxExpr | T_List => {
-                if matches!((*node).type_, T_ArrayExpr | T_CaseExpr | T_CoalesceExpr | T_MinMaxExpr)
-                    && !builtin(pg_sys::exprType(node))
+                if matches!(
+                    (*node).type_,
+                    T_ArrayExpr | T_CaseExpr | T_CoalesceExpr | T_MinMaxExpr
+                ) && !builtin(pg_sys::exprType(node))
                 {
                     return true;
                 }
@@ -131,7 +137,12 @@ unsafe extern "C-unwind" fn walk(node: *mut pg_sys::Node, context: *mut c_void) 
 ///
 /// # Safety
 /// `expr` must be a valid expression tree; it is copied, not changed.
-pub unsafe fn deparse(expr: *mut pg_sys::Node, varno: u32, alias: &CStr, relid: pg_sys::Oid) -> String {
+pub unsafe fn deparse(
+    expr: *mut pg_sys::Node,
+    varno: u32,
+    alias: &CStr,
+    relid: pg_sys::Oid,
+) -> String {
     // SAFETY: copies the tree and renumbers its Vars to the one-relation context.
     unsafe {
         let copy = pg_sys::copyObjectImpl(expr.cast()) as *mut pg_sys::Node;

@@ -47,6 +47,9 @@ struct Pool {
     /// A savepoint rolled back after remote work: the remote transactions no longer match
     /// the local one, so the transaction may not commit.
     diverged: bool,
+    /// synapse's own operations (distributing a table) may write on several nodes: their
+    /// remote transactions are prepared and committed after the local commit.
+    several_writers: bool,
 }
 
 thread_local! {
@@ -93,7 +96,54 @@ pub fn in_transaction<R>(
         }
         f(&mut entry.conn)
     });
+    if writes {
+        check_single_writer();
+    }
     result.unwrap_or_else(|e| e.report())
+}
+
+/// Lets the current transaction write on several nodes (synapse's own operations).
+pub fn allow_several_writers() {
+    POOL.with(|p| p.borrow_mut().several_writers = true);
+}
+
+/// The nodes (other than this one) written in the current transaction.
+fn remote_writers() -> Vec<String> {
+    POOL.with(|p| {
+        p.borrow()
+            .entries
+            .values()
+            .filter(|e| e.txn == RemoteTxn::Open { writes: true })
+            .map(|e| e.conn.target.name.clone())
+            .collect()
+    })
+}
+
+fn wrote_here() -> bool {
+    // SAFETY: reads the current transaction's state, main thread.
+    unsafe { pg_sys::GetTopTransactionIdIfAny() != pg_sys::InvalidTransactionId }
+}
+
+/// Until two-phase commit lands, a transaction writes on one node only, so that it
+/// commits everywhere or nowhere.
+fn check_single_writer() {
+    if POOL.with(|p| p.borrow().several_writers) {
+        return;
+    }
+    let mut writers = remote_writers();
+    if wrote_here() {
+        writers.push(format!("{} (this node)", gucs::node_name()));
+    }
+    if writers.len() > 1 {
+        pgrx::pg_sys::panic::ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!("this transaction writes on several nodes ({})", writers.join(", ")),
+            "synapse pool",
+        )
+        .set_detail("Committing it without two-phase commit could commit on some nodes and not others.")
+        .set_hint("Write each node's rows in a transaction of its own; two-phase commit, which lifts this limit, is not available yet.")
+        .report(PgLogLevel::ERROR);
+    }
 }
 
 /// `synapse.connections()`: (node, state, remote transaction) of each cached connection.
@@ -220,6 +270,9 @@ fn has_remote_transactions() -> bool {
 /// Commits read-only remote transactions and prepares the others; any failure aborts the
 /// local transaction (and so rolls the others back).
 fn pre_commit() {
+    if has_remote_transactions() {
+        check_single_writer();
+    }
     let failure = POOL.with(|p| {
         let mut pool = p.borrow_mut();
         if pool.entries.values().all(|e| e.txn == RemoteTxn::Idle) {
@@ -229,6 +282,9 @@ fn pre_commit() {
             return Some(None);
         }
         let node = gucs::node_name();
+        // One writer: its plain COMMIT is the commit point. Several (synapse's own
+        // operations only): prepared now, committed after the local commit.
+        let prepare = pool.several_writers;
         // SAFETY: MyProcPid is set at backend start.
         let pid = unsafe { pg_sys::MyProcPid };
         let mut sent = Vec::new();
@@ -238,6 +294,10 @@ fn pre_commit() {
             let prepared = pool.prepared;
             let entry = pool.entries.get_mut(&id).expect("listed");
             let statement = match entry.txn {
+                RemoteTxn::Open { writes: true } if !prepare => {
+                    entry.txn = RemoteTxn::Idle;
+                    "COMMIT".to_owned()
+                }
                 RemoteTxn::Open { writes: true } => {
                     let gid = format!("synapse_{node}_{pid}_{prepared}");
                     entry.txn = RemoteTxn::Prepared(gid.clone());
@@ -283,6 +343,7 @@ fn end(committed: bool) {
     POOL.with(|p| {
         let mut pool = p.borrow_mut();
         pool.diverged = false;
+        pool.several_writers = false;
         let mut drop_ids = Vec::new();
         for (id, entry) in pool.entries.iter_mut() {
             let statement = match (&entry.txn, committed) {

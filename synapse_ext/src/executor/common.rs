@@ -1,0 +1,142 @@
+//! Pieces shared by the custom scans: the statement's parameters (for SPI here and as
+//! text for other nodes), and filling slots.
+
+use std::ffi::CStr;
+
+use pgrx::pg_sys;
+
+/// External parameter `id` (1-based) of a parameter list.
+pub unsafe fn param(list: pg_sys::ParamListInfo, id: i32) -> Option<pg_sys::ParamExternData> {
+    // SAFETY: a valid parameter list; fetch hooks are called as PostgreSQL documents.
+    unsafe {
+        if list.is_null() || id < 1 || id > (*list).numParams {
+            return None;
+        }
+        if let Some(fetch) = (*list).paramFetch {
+            let mut workspace: pg_sys::ParamExternData = std::mem::zeroed();
+            let p = fetch(list, id, false, &mut workspace);
+            return (!p.is_null()).then(|| *p);
+        }
+        Some(*(*list).params.as_ptr().add(id as usize - 1))
+    }
+}
+
+/// Empties a virtual slot: every column NULL.
+pub unsafe fn clear(slot: *mut pg_sys::TupleTableSlot) {
+    // SAFETY: a valid slot with natts values.
+    unsafe {
+        pg_sys::ExecClearTuple(slot);
+        let natts = (*(*slot).tts_tupleDescriptor).natts as usize;
+        for i in 0..natts {
+            *(*slot).tts_isnull.add(i) = true;
+            *(*slot).tts_values.add(i) = pg_sys::Datum::from(0);
+        }
+    }
+}
+
+/// The statement's external parameters: types, values, and text for other nodes.
+pub struct Params {
+    pub types: Vec<pg_sys::Oid>,
+    pub values: Vec<pg_sys::Datum>,
+    pub nulls: Vec<bool>,
+    pub texts: Vec<Option<String>>,
+}
+
+impl Params {
+    pub unsafe fn of(list: pg_sys::ParamListInfo, max: i32) -> Params {
+        let mut p = Params {
+            types: vec![],
+            values: vec![],
+            nulls: vec![],
+            texts: vec![],
+        };
+        // SAFETY: a valid (or NULL) parameter list.
+        let n = if list.is_null() {
+            0
+        } else {
+            unsafe { (*list).numParams }.min(max)
+        };
+        for id in 1..=n {
+            // SAFETY: as above; output functions of the parameters' own types.
+            unsafe {
+                let param = param(list, id).unwrap_or_else(|| std::mem::zeroed());
+                p.types.push(param.ptype);
+                p.values.push(param.value);
+                p.nulls
+                    .push(param.isnull || param.ptype == pg_sys::Oid::INVALID);
+                p.texts
+                    .push(if param.isnull || param.ptype == pg_sys::Oid::INVALID {
+                        None
+                    } else {
+                        let mut out = pg_sys::Oid::INVALID;
+                        let mut varlena = false;
+                        pg_sys::getTypeOutputInfo(param.ptype, &mut out, &mut varlena);
+                        let text = pg_sys::OidOutputFunctionCall(out, param.value);
+                        Some(CStr::from_ptr(text).to_string_lossy().into_owned())
+                    });
+            }
+        }
+        p
+    }
+}
+
+impl Params {
+    /// The texts as libpq takes them.
+    pub fn text_refs(&self) -> Vec<Option<&str>> {
+        self.texts.iter().map(|t| t.as_deref()).collect()
+    }
+
+    /// NULL flags as SPI takes them.
+    pub fn spi_nulls(&self) -> Vec<std::os::raw::c_char> {
+        self.nulls
+            .iter()
+            .map(|n| if *n { b'n' as _ } else { b' ' as _ })
+            .collect()
+    }
+}
+
+/// How to read one column's text: its type's input function.
+pub struct TextInput {
+    pub input: pg_sys::FmgrInfo,
+    pub ioparam: pg_sys::Oid,
+    pub typmod: i32,
+}
+
+impl TextInput {
+    /// The input function of type `typid`, looked up in memory context `cxt`.
+    ///
+    /// # Safety
+    /// Main thread, inside a transaction; `cxt` outlives the uses.
+    pub unsafe fn new(typid: pg_sys::Oid, typmod: i32, cxt: pg_sys::MemoryContext) -> TextInput {
+        // SAFETY: catalog lookups on the main thread.
+        unsafe {
+            let mut input = pg_sys::Oid::INVALID;
+            let mut ioparam = pg_sys::Oid::INVALID;
+            pg_sys::getTypeInputInfo(typid, &mut input, &mut ioparam);
+            let mut finfo: pg_sys::FmgrInfo = std::mem::zeroed();
+            pg_sys::fmgr_info_cxt(input, &mut finfo, cxt);
+            TextInput {
+                input: finfo,
+                ioparam,
+                typmod,
+            }
+        }
+    }
+
+    /// The datum of `text`.
+    ///
+    /// # Safety
+    /// Main thread; the datum lives in the current memory context.
+    pub unsafe fn read(&mut self, text: &str) -> pg_sys::Datum {
+        let text = std::ffi::CString::new(text).expect("no NUL in a value's text");
+        // SAFETY: the type's own input function on a C string.
+        unsafe {
+            pg_sys::InputFunctionCall(
+                &mut self.input,
+                text.as_ptr() as *mut _,
+                self.ioparam,
+                self.typmod,
+            )
+        }
+    }
+}

@@ -1,0 +1,355 @@
+//! `SynapseRouter` at run time: runs a statement whole on the one node holding every
+//! shard it needs — another node through the pool (in the remote transaction tied to
+//! the local one), or this node through SPI when its parameters put it here — and
+//! returns its rows (or RETURNING rows) and its affected row count.
+
+use std::ffi::{CStr, CString};
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use pgrx::PgList;
+
+use super::common::{clear, Params, TextInput};
+use crate::distribution::{guard, metadata, pins};
+use crate::remote::connection::NodeTarget;
+use crate::remote::pool;
+
+pub struct ScanMethods(pub pg_sys::CustomScanMethods);
+// SAFETY: immutable tables of function pointers; backends are single-threaded.
+unsafe impl Sync for ScanMethods {}
+struct ExecMethods(pg_sys::CustomExecMethods);
+// SAFETY: as above.
+unsafe impl Sync for ExecMethods {}
+
+pub static SCAN_METHODS: ScanMethods = ScanMethods(pg_sys::CustomScanMethods {
+    CustomName: c"SynapseRouter".as_ptr(),
+    CreateCustomScanState: Some(create_state),
+});
+
+static EXEC_METHODS: ExecMethods = ExecMethods(pg_sys::CustomExecMethods {
+    CustomName: c"SynapseRouter".as_ptr(),
+    BeginCustomScan: Some(begin),
+    ExecCustomScan: Some(exec),
+    EndCustomScan: Some(end),
+    ReScanCustomScan: Some(rescan),
+    MarkPosCustomScan: None,
+    RestrPosCustomScan: None,
+    EstimateDSMCustomScan: None,
+    InitializeDSMCustomScan: None,
+    ReInitializeDSMCustomScan: None,
+    InitializeWorkerCustomScan: None,
+    ShutdownCustomScan: None,
+    ExplainCustomScan: Some(explain),
+});
+
+pub fn register() {
+    // SAFETY: _PG_init; the methods live as long as the library.
+    unsafe { pg_sys::RegisterCustomScanMethods(&SCAN_METHODS.0) };
+}
+
+#[repr(C)]
+struct RouterNode {
+    css: pg_sys::CustomScanState,
+    run: *mut Runtime,
+}
+
+struct Runtime {
+    sql: String,
+    max_param: i32,
+    writes: bool,
+    /// The node that runs the statement; `None` under EXPLAIN of an unresolved plan.
+    target: Option<NodeTarget>,
+    local: bool,
+    columns: Vec<TextInput>,
+    read_slot: *mut pg_sys::TupleTableSlot,
+    store: *mut pg_sys::Tuplestorestate,
+    filled: bool,
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn create_state(_cscan: *mut pg_sys::CustomScan) -> *mut pg_sys::Node {
+    // SAFETY: a zeroed node of our size, in the executor's memory context.
+    unsafe {
+        let node = pg_sys::palloc0(std::mem::size_of::<RouterNode>()) as *mut RouterNode;
+        (*node).css.ss.ps.type_ = pg_sys::NodeTag::T_CustomScanState;
+        (*node).css.methods = &EXEC_METHODS.0;
+        node.cast()
+    }
+}
+
+unsafe extern "C-unwind" fn free_runtime(arg: *mut std::ffi::c_void) {
+    // SAFETY: the Box leaked in `begin`, freed once with the query's memory context.
+    drop(unsafe { Box::from_raw(arg as *mut Runtime) });
+}
+
+fn str_val(node: *mut pg_sys::Node) -> String {
+    // SAFETY: a String node made by the planner.
+    unsafe { CStr::from_ptr((*(node as *mut pg_sys::String)).sval) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn int_val(node: *mut pg_sys::Node) -> i32 {
+    // SAFETY: an Integer node made by the planner.
+    unsafe { (*(node as *mut pg_sys::Integer)).ival }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn begin(
+    css: *mut pg_sys::CustomScanState,
+    estate: *mut pg_sys::EState,
+    eflags: i32,
+) {
+    // SAFETY: called by ExecInitCustomScan with our node.
+    unsafe {
+        let node = css as *mut RouterNode;
+        let cscan = (*css).ss.ps.plan as *mut pg_sys::CustomScan;
+        let private = PgList::<pg_sys::Node>::from_pg((*cscan).custom_private);
+        let sql = str_val(private.get_ptr(0).expect("sql"));
+        let max_param = int_val(private.get_ptr(1).expect("parameters"));
+        let writes = int_val(private.get_ptr(2).expect("writes")) != 0;
+        let fixed: i64 = str_val(private.get_ptr(3).expect("node"))
+            .parse()
+            .unwrap_or(-1);
+        let pin_list =
+            PgList::<pg_sys::Node>::from_pg(private.get_ptr(4).expect("pins") as *mut pg_sys::List);
+
+        let explain_only = eflags & pg_sys::EXEC_FLAG_EXPLAIN_ONLY as i32 != 0;
+        let node_id = if fixed >= 0 {
+            Some(fixed)
+        } else {
+            let mut ids = Vec::new();
+            for pin in pin_list.iter_ptr() {
+                let pin = PgList::<pg_sys::Node>::from_pg(pin as *mut pg_sys::List);
+                let count = int_val(pin.get_ptr(0).expect("shard count")) as u32;
+                let value = pin.get_ptr(1).expect("value");
+                match pins::shard_of_value(value, (*estate).es_param_list_info, count) {
+                    Some(shard) => ids.push(
+                        metadata::placements(count)
+                            .get(shard as usize)
+                            .copied()
+                            .unwrap_or(-1),
+                    ),
+                    None if explain_only => {}
+                    None => pgrx::error!("synapse: a shard key parameter has no value"),
+                }
+            }
+            ids.sort();
+            ids.dedup();
+            if ids.len() > 1 {
+                pg_sys::panic::ErrorReport::new(
+                    PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                    "the statement's shard key values are on several nodes",
+                    "synapse",
+                )
+                .set_hint("A statement that writes on several nodes needs two-phase commit, which is not available yet; write each node's rows in its own transaction.")
+                .report(PgLogLevel::ERROR);
+            }
+            ids.first().copied()
+        };
+        let me = metadata::local_node_id();
+        let target = node_id.and_then(|id| metadata::nodes().into_iter().find(|n| n.id == id));
+        if node_id.is_some() && target.is_none() {
+            pgrx::error!("synapse: the node of a shard is not a member of the cluster");
+        }
+        let local = target.as_ref().is_some_and(|t| t.id == me);
+
+        let desc = (*(*css).ss.ss_ScanTupleSlot).tts_tupleDescriptor;
+        let mut columns = Vec::new();
+        for i in 0..(*desc).natts as usize {
+            let attr = (*desc).attrs.as_ptr().add(i);
+            columns.push(TextInput::new(
+                (*attr).atttypid,
+                (*attr).atttypmod,
+                (*estate).es_query_cxt,
+            ));
+        }
+        let read_slot = pg_sys::ExecInitExtraTupleSlot(estate, desc, &pg_sys::TTSOpsMinimalTuple);
+        let run = Box::into_raw(Box::new(Runtime {
+            sql,
+            max_param,
+            writes,
+            target,
+            local,
+            columns,
+            read_slot,
+            store: std::ptr::null_mut(),
+            filled: false,
+        }));
+        (*node).run = run;
+        let callback = pg_sys::MemoryContextAllocZero(
+            (*estate).es_query_cxt,
+            std::mem::size_of::<pg_sys::MemoryContextCallback>(),
+        ) as *mut pg_sys::MemoryContextCallback;
+        (*callback).func = Some(free_runtime);
+        (*callback).arg = run.cast();
+        pg_sys::MemoryContextRegisterResetCallback((*estate).es_query_cxt, callback);
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn exec(css: *mut pg_sys::CustomScanState) -> *mut pg_sys::TupleTableSlot {
+    // SAFETY: our node; ExecScan calls back with its ScanState.
+    unsafe { pg_sys::ExecScan(&mut (*css).ss, Some(next), Some(recheck)) }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn recheck(
+    _ss: *mut pg_sys::ScanState,
+    _slot: *mut pg_sys::TupleTableSlot,
+) -> bool {
+    true
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn next(ss: *mut pg_sys::ScanState) -> *mut pg_sys::TupleTableSlot {
+    // SAFETY: `ss` is the ScanState of our node.
+    unsafe {
+        let node = ss as *mut RouterNode;
+        let run = &mut *(*node).run;
+        if !run.filled {
+            fill(node, run);
+        }
+        let slot = (*ss).ss_ScanTupleSlot;
+        if pg_sys::tuplestore_gettupleslot(run.store, true, false, run.read_slot) {
+            pg_sys::ExecCopySlot(slot, run.read_slot)
+        } else {
+            pg_sys::ExecClearTuple(slot)
+        }
+    }
+}
+
+unsafe fn fill(node: *mut RouterNode, run: &mut Runtime) {
+    // SAFETY: our node and runtime, on the main thread inside the executor.
+    unsafe {
+        let estate = (*node).css.ss.ps.state;
+        let old = pg_sys::MemoryContextSwitchTo((*estate).es_query_cxt);
+        run.store = pg_sys::tuplestore_begin_heap(false, false, pg_sys::work_mem);
+        pg_sys::MemoryContextSwitchTo(old);
+        let params = Params::of((*estate).es_param_list_info, run.max_param);
+        let slot = (*node).css.ss.ss_ScanTupleSlot;
+        let target = run.target.clone().expect("a node to run on");
+        if run.local {
+            let sql = CString::new(run.sql.as_str()).expect("no NUL in SQL");
+            let mut types = params.types.clone();
+            let mut values = params.values.clone();
+            let nulls = params.spi_nulls();
+            pg_sys::SPI_connect();
+            let code = guard::bypassed(|| {
+                pg_sys::SPI_execute_with_args(
+                    sql.as_ptr(),
+                    types.len() as i32,
+                    types.as_mut_ptr(),
+                    values.as_mut_ptr(),
+                    nulls.as_ptr(),
+                    !run.writes,
+                    0,
+                )
+            });
+            if code < 0 {
+                pgrx::error!(
+                    "synapse: running the statement on this node failed (SPI code {code})"
+                );
+            }
+            let n = pg_sys::SPI_processed as usize;
+            let table = pg_sys::SPI_tuptable;
+            if !table.is_null() {
+                for i in 0..n {
+                    let tuple = *(*table).vals.add(i);
+                    clear(slot);
+                    for j in 0..run.columns.len() {
+                        let mut isnull = false;
+                        *(*slot).tts_values.add(j) = pg_sys::SPI_getbinval(
+                            tuple,
+                            (*table).tupdesc,
+                            j as i32 + 1,
+                            &mut isnull,
+                        );
+                        *(*slot).tts_isnull.add(j) = isnull;
+                    }
+                    pg_sys::ExecStoreVirtualTuple(slot);
+                    pg_sys::tuplestore_puttupleslot(run.store, slot);
+                }
+            }
+            if run.writes {
+                (*estate).es_processed += n as u64;
+            }
+            pg_sys::SPI_finish();
+        } else {
+            let texts = params.text_refs();
+            let sql = run.sql.clone();
+            let rows = pool::in_transaction(&target, run.writes, |c| c.exec(&sql, &texts));
+            let econtext = (*node).css.ss.ps.ps_ExprContext;
+            for row in rows.rows {
+                let old = pg_sys::MemoryContextSwitchTo((*econtext).ecxt_per_tuple_memory);
+                clear(slot);
+                for (j, value) in row.into_iter().enumerate() {
+                    if let (Some(value), Some(column)) = (value, run.columns.get_mut(j)) {
+                        *(*slot).tts_values.add(j) = column.read(&value);
+                        *(*slot).tts_isnull.add(j) = false;
+                    }
+                }
+                pg_sys::ExecStoreVirtualTuple(slot);
+                pg_sys::tuplestore_puttupleslot(run.store, slot);
+                pg_sys::MemoryContextSwitchTo(old);
+                pg_sys::MemoryContextReset((*econtext).ecxt_per_tuple_memory);
+            }
+            if run.writes {
+                (*estate).es_processed += rows.affected;
+            }
+        }
+        pg_sys::ExecClearTuple(slot);
+        run.filled = true;
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn end(css: *mut pg_sys::CustomScanState) {
+    // SAFETY: our node; the tuplestore (if any) is ours.
+    unsafe {
+        let run = (*(css as *mut RouterNode)).run;
+        if !run.is_null() && !(*run).store.is_null() {
+            pg_sys::tuplestore_end((*run).store);
+            (*run).store = std::ptr::null_mut();
+            (*run).filled = false;
+        }
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn rescan(css: *mut pg_sys::CustomScanState) {
+    // SAFETY: our node.
+    unsafe {
+        let run = &mut *(*(css as *mut RouterNode)).run;
+        if run.filled {
+            pg_sys::tuplestore_rescan(run.store);
+        }
+        pg_sys::ExecScanReScan(&mut (*css).ss);
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn explain(
+    css: *mut pg_sys::CustomScanState,
+    _ancestors: *mut pg_sys::List,
+    es: *mut pg_sys::ExplainState,
+) {
+    // SAFETY: our node; ExplainProperty* copy the strings.
+    unsafe {
+        let run = &*(*(css as *mut RouterNode)).run;
+        let property = |name: &CStr, value: &str| {
+            let value = CString::new(value).expect("no NUL");
+            pg_sys::ExplainPropertyText(name.as_ptr(), value.as_ptr(), es);
+        };
+        property(c"Routing", "router");
+        property(
+            c"Node",
+            &match &run.target {
+                Some(t) if run.local => format!("{} (local)", t.name),
+                Some(t) => t.name.clone(),
+                None => "chosen at run time by the shard key parameters".into(),
+            },
+        );
+        property(c"Remote SQL", &run.sql);
+    }
+}
