@@ -304,10 +304,7 @@ fn members_are_certified_and_the_ca_key_is_never_in_clear() {
     // PostgreSQL's own port serves SSL with the node certificate (once the reload that
     // the raft worker asked for has happened), and a node-to-node connection as
     // synapse_node needs a client certificate of the cluster CA and verify-full.
-    cluster
-        .connect(2)
-        .batch_execute("CREATE ROLE synapse_node LOGIN")
-        .unwrap();
+    // (CREATE EXTENSION made the role synapse_node on every node.)
     for n in 1..=3 {
         wait_for(
             &format!("node {n} to serve SSL"),

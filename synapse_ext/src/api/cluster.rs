@@ -187,7 +187,7 @@ fn cluster_setting(name: &str) -> Option<String> {
     ask(LocalRequest::ReadBarrier);
     crate::pg::spi::select_one::<String>(
         "SELECT value FROM synapse.setting_catalog WHERE name = $1",
-        &[name.into()],
+        &[name],
     )
 }
 

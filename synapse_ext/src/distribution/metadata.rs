@@ -9,6 +9,7 @@ use synapse_core::raft::types::{Command, CommandResult};
 
 use crate::gucs;
 use crate::pg::local_rpc::{call, report};
+use crate::pg::spi::select_rows;
 use crate::remote::connection::NodeTarget;
 
 /// Proposes `command`; returns once it is applied on this node. A refusal is an ERROR
@@ -33,22 +34,24 @@ pub fn propose(command: Command, refused: PgSqlErrorCode) {
 
 /// Every member node.
 pub fn nodes() -> Vec<NodeTarget> {
-    Spi::connect(|client| {
-        client
-            .select(
-                "SELECT id, name, host, port FROM synapse.node_catalog ORDER BY id",
-                None,
-                &[],
-            )
-            .expect("node catalog")
-            .map(|row| NodeTarget {
-                id: row.get::<i64>(1).ok().flatten().unwrap_or_default(),
-                name: row.get::<String>(2).ok().flatten().unwrap_or_default(),
-                host: row.get::<String>(3).ok().flatten().unwrap_or_default(),
-                port: row.get::<i32>(4).ok().flatten().unwrap_or_default() as u16,
-            })
-            .collect()
+    select_rows(
+        "SELECT id, name, host, port FROM synapse.node_catalog ORDER BY id",
+        &[],
+    )
+    .into_iter()
+    .map(|r| NodeTarget {
+        id: number(&r[0]),
+        name: r[1].clone().unwrap_or_default(),
+        host: r[2].clone().unwrap_or_default(),
+        port: number(&r[3]) as u16,
     })
+    .collect()
+}
+
+fn number(v: &Option<String>) -> i64 {
+    v.as_deref()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_default()
 }
 
 /// This node's id; an ERROR when it is not a member of a cluster. Cached by the backend
@@ -62,7 +65,7 @@ pub fn local_node_id() -> i64 {
     }
     let id = crate::pg::spi::select_one::<i64>(
         "SELECT id FROM synapse.node_catalog WHERE name = $1",
-        &[gucs::node_name().into()],
+        &[&gucs::node_name()],
     );
     if let Some(id) = id {
         ID.with(|c| c.set(Some(id)));
@@ -81,17 +84,13 @@ pub fn local_node_id() -> i64 {
 
 /// The node of each shard of `shard_count` (index = shard), if placed.
 pub fn placements(shard_count: u32) -> Vec<i64> {
-    Spi::connect(|client| {
-        client
-            .select(
-                "SELECT node_id FROM synapse.placement_catalog WHERE shard_count = $1 ORDER BY shard",
-                None,
-                &[(shard_count as i32).into()],
-            )
-            .expect("placement catalog")
-            .map(|row| row.get::<i64>(1).ok().flatten().unwrap_or_default())
-            .collect()
-    })
+    select_rows(
+        "SELECT node_id FROM synapse.placement_catalog WHERE shard_count = $1::int ORDER BY shard",
+        &[&shard_count.to_string()],
+    )
+    .iter()
+    .map(|r| number(&r[0]))
+    .collect()
 }
 
 /// A distributed or reference table's catalog entry.
@@ -104,20 +103,16 @@ pub struct TableEntry {
 
 /// The catalog entry of `schema.name`, if it is distributed or reference.
 pub fn table_entry(schema: &str, name: &str) -> Option<TableEntry> {
-    Spi::connect(|client| {
-        client
-            .select(
-                "SELECT kind, shard_key, shard_count FROM synapse.table_catalog \
-                 WHERE schema_name = $1 AND table_name = $2",
-                None,
-                &[schema.into(), name.into()],
-            )
-            .expect("table catalog")
-            .next()
-            .map(|row| TableEntry {
-                kind: row.get::<String>(1).ok().flatten().unwrap_or_default(),
-                shard_key: row.get::<String>(2).ok().flatten(),
-                shard_count: row.get::<i32>(3).ok().flatten().map(|c| c as u32),
-            })
+    select_rows(
+        "SELECT kind, shard_key, shard_count FROM synapse.table_catalog \
+         WHERE schema_name = $1 AND table_name = $2",
+        &[schema, name],
+    )
+    .into_iter()
+    .next()
+    .map(|r| TableEntry {
+        kind: r[0].clone().unwrap_or_default(),
+        shard_key: r[1].clone(),
+        shard_count: r[2].as_deref().and_then(|s| s.parse().ok()),
     })
 }

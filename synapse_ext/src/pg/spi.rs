@@ -1,16 +1,103 @@
-//! Read-only SPI helpers. pgrx's `Spi::get_one*` run their query as an update, which
-//! assigns the transaction an id: a read must not look like a write (routing counts the
-//! nodes a transaction wrote on by exactly that).
+//! Reads through SPI that neither look like writes nor read the past.
+//!
+//! pgrx's `Spi::get_one*` run their query as an update, which assigns the transaction an
+//! id (routing counts the nodes a transaction wrote on by exactly that), while its
+//! read-only `select` runs with `read_only`, which reuses the calling statement's snapshot
+//! (so a read after a Raft read barrier could miss what the barrier waited for). These
+//! helpers run with a fresh snapshot and assign no transaction id.
 
-use pgrx::datum::{DatumWithOid, FromDatum, IntoDatum};
-use pgrx::prelude::*;
+use std::ffi::CString;
 
-/// The first column of the first row of a read-only query, if any.
-pub fn select_one<T: FromDatum + IntoDatum>(sql: &str, args: &[DatumWithOid<'_>]) -> Option<T> {
-    Spi::connect(|client| {
-        client
-            .select(sql, Some(1), args)
-            .ok()
-            .and_then(|table| table.first().get_one::<T>().ok().flatten())
-    })
+use pgrx::datum::FromDatum;
+use pgrx::pg_sys;
+use pgrx::IntoDatum;
+
+/// The first column of the first row of `sql` (a read) with text parameters, if any.
+pub fn select_one<T: FromDatum>(sql: &str, args: &[&str]) -> Option<T> {
+    let sql = CString::new(sql).expect("no NUL in SQL");
+    let mut types: Vec<pg_sys::Oid> = vec![pg_sys::TEXTOID; args.len()];
+    let mut values: Vec<pg_sys::Datum> = args
+        .iter()
+        .map(|a| a.into_datum().expect("text is never NULL"))
+        .collect();
+    let nulls: Vec<std::os::raw::c_char> = vec![b' ' as _; args.len()];
+    // SAFETY: main thread inside a transaction; SPI is connected and finished here, and
+    // the value is converted (copied out) before SPI frees the result.
+    unsafe {
+        pg_sys::SPI_connect();
+        let code = pg_sys::SPI_execute_with_args(
+            sql.as_ptr(),
+            args.len() as i32,
+            types.as_mut_ptr(),
+            values.as_mut_ptr(),
+            nulls.as_ptr(),
+            false,
+            1,
+        );
+        let mut out = None;
+        let table = pg_sys::SPI_tuptable;
+        if code == pg_sys::SPI_OK_SELECT as i32 && pg_sys::SPI_processed > 0 && !table.is_null() {
+            let tuple = *(*table).vals;
+            let mut isnull = false;
+            let datum = pg_sys::SPI_getbinval(tuple, (*table).tupdesc, 1, &mut isnull);
+            out = T::from_datum(datum, isnull);
+        }
+        pg_sys::SPI_finish();
+        if code < 0 {
+            pgrx::error!(
+                "synapse: internal query failed (SPI code {code}): {}",
+                sql.to_string_lossy()
+            );
+        }
+        out
+    }
+}
+
+/// Every row of `sql` (a read) with text parameters, each column as its text output.
+pub fn select_rows(sql: &str, args: &[&str]) -> Vec<Vec<Option<String>>> {
+    let sql = CString::new(sql).expect("no NUL in SQL");
+    let mut types: Vec<pg_sys::Oid> = vec![pg_sys::TEXTOID; args.len()];
+    let mut values: Vec<pg_sys::Datum> = args
+        .iter()
+        .map(|a| a.into_datum().expect("text is never NULL"))
+        .collect();
+    let nulls: Vec<std::os::raw::c_char> = vec![b' ' as _; args.len()];
+    // SAFETY: as in select_one; SPI_getvalue returns palloc'd text copied into Strings.
+    unsafe {
+        pg_sys::SPI_connect();
+        let code = pg_sys::SPI_execute_with_args(
+            sql.as_ptr(),
+            args.len() as i32,
+            types.as_mut_ptr(),
+            values.as_mut_ptr(),
+            nulls.as_ptr(),
+            false,
+            0,
+        );
+        let mut out = Vec::new();
+        let table = pg_sys::SPI_tuptable;
+        if code == pg_sys::SPI_OK_SELECT as i32 && !table.is_null() {
+            let natts = (*(*table).tupdesc).natts;
+            for i in 0..pg_sys::SPI_processed as usize {
+                let tuple = *(*table).vals.add(i);
+                out.push(
+                    (1..=natts)
+                        .map(|c| {
+                            let v = pg_sys::SPI_getvalue(tuple, (*table).tupdesc, c);
+                            (!v.is_null())
+                                .then(|| std::ffi::CStr::from_ptr(v).to_string_lossy().into_owned())
+                        })
+                        .collect(),
+                );
+            }
+        }
+        pg_sys::SPI_finish();
+        if code < 0 {
+            pgrx::error!(
+                "synapse: internal query failed (SPI code {code}): {}",
+                sql.to_string_lossy()
+            );
+        }
+        out
+    }
 }
