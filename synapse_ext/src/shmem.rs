@@ -5,7 +5,7 @@
 //! circuit breakers and the metadata generation counter here. Everything is fixed-size and
 //! `#[repr(C)]`; fields are atomics, so readers never take a lock.
 
-use std::sync::atomic::{AtomicI32, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU64, Ordering};
 
 use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, PGRXSharedMemory, PgAtomic};
@@ -51,6 +51,9 @@ pub struct WorkerSlot {
 #[derive(Default)]
 pub struct NodeShared {
     workers: [WorkerSlot; WorkerKind::ALL.len()],
+    /// Bumped by the raft worker after each commit that changed the catalog tables:
+    /// backends reload their cached distribution metadata when it moves.
+    catalog_generation: AtomicU64,
 }
 
 // SAFETY: NodeShared is #[repr(C)], fixed-size, and holds only atomics (no pointers), so it
@@ -103,6 +106,16 @@ pub fn running_workers() -> Vec<(WorkerKind, i32, i64)> {
             (pid != 0).then(|| (kind, pid, slot.started_at.load(Ordering::Relaxed)))
         })
         .collect()
+}
+
+/// The catalog generation (see [`NodeShared`]).
+pub fn catalog_generation() -> u64 {
+    NODE.get().catalog_generation.load(Ordering::Acquire)
+}
+
+/// Marks the catalog changed; called after the change committed.
+pub fn bump_catalog_generation() {
+    NODE.get().catalog_generation.fetch_add(1, Ordering::AcqRel);
 }
 
 /// Whether the calling process is the running `kind` worker.

@@ -1,6 +1,9 @@
 //! Reads of the distribution catalog (`synapse.table_catalog`, `placement_catalog`,
 //! `node_catalog`) and proposals to change it through Raft.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
 use std::time::Duration;
 
 use pgrx::prelude::*;
@@ -32,9 +35,30 @@ pub fn propose(command: Command, refused: PgSqlErrorCode) {
     }
 }
 
-/// Every member node.
-pub fn nodes() -> Vec<NodeTarget> {
-    select_rows(
+/// The distribution catalog as this backend last read it, tagged with the catalog
+/// generation it read it at; reloaded whenever the raft worker has changed the catalog
+/// since (planning a routed statement must not cost catalog queries).
+struct Cache {
+    generation: u64,
+    nodes: Vec<NodeTarget>,
+    tables: HashMap<(String, String), TableEntry>,
+    placements: HashMap<u32, Vec<i64>>,
+}
+
+thread_local! {
+    static CACHE: RefCell<Option<Rc<Cache>>> = const { RefCell::new(None) };
+}
+
+fn cache() -> Rc<Cache> {
+    let generation = crate::shmem::catalog_generation();
+    if let Some(c) = CACHE
+        .with(|c| c.borrow().clone())
+        .filter(|c| c.generation == generation)
+    {
+        return c;
+    }
+    // Read the generation before the rows: the rows are then at least that new.
+    let nodes = select_rows(
         "SELECT id, name, host, port FROM synapse.node_catalog ORDER BY id",
         &[],
     )
@@ -45,7 +69,49 @@ pub fn nodes() -> Vec<NodeTarget> {
         host: r[2].clone().unwrap_or_default(),
         port: number(&r[3]) as u16,
     })
-    .collect()
+    .collect();
+    let tables = select_rows(
+        "SELECT schema_name, table_name, kind, shard_key, shard_count FROM synapse.table_catalog",
+        &[],
+    )
+    .into_iter()
+    .map(|r| {
+        (
+            (
+                r[0].clone().unwrap_or_default(),
+                r[1].clone().unwrap_or_default(),
+            ),
+            TableEntry {
+                kind: r[2].clone().unwrap_or_default(),
+                shard_key: r[3].clone(),
+                shard_count: r[4].as_deref().and_then(|s| s.parse().ok()),
+            },
+        )
+    })
+    .collect();
+    let mut placements: HashMap<u32, Vec<i64>> = HashMap::new();
+    for r in select_rows(
+        "SELECT shard_count, node_id FROM synapse.placement_catalog ORDER BY shard_count, shard",
+        &[],
+    ) {
+        placements
+            .entry(number(&r[0]) as u32)
+            .or_default()
+            .push(number(&r[1]));
+    }
+    let c = Rc::new(Cache {
+        generation,
+        nodes,
+        tables,
+        placements,
+    });
+    CACHE.with(|slot| *slot.borrow_mut() = Some(c.clone()));
+    c
+}
+
+/// Every member node.
+pub fn nodes() -> Vec<NodeTarget> {
+    cache().nodes.clone()
 }
 
 fn number(v: &Option<String>) -> i64 {
@@ -84,13 +150,11 @@ pub fn local_node_id() -> i64 {
 
 /// The node of each shard of `shard_count` (index = shard), if placed.
 pub fn placements(shard_count: u32) -> Vec<i64> {
-    select_rows(
-        "SELECT node_id FROM synapse.placement_catalog WHERE shard_count = $1::int ORDER BY shard",
-        &[&shard_count.to_string()],
-    )
-    .iter()
-    .map(|r| number(&r[0]))
-    .collect()
+    cache()
+        .placements
+        .get(&shard_count)
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// A distributed or reference table's catalog entry.
@@ -103,16 +167,8 @@ pub struct TableEntry {
 
 /// The catalog entry of `schema.name`, if it is distributed or reference.
 pub fn table_entry(schema: &str, name: &str) -> Option<TableEntry> {
-    select_rows(
-        "SELECT kind, shard_key, shard_count FROM synapse.table_catalog \
-         WHERE schema_name = $1 AND table_name = $2",
-        &[schema, name],
-    )
-    .into_iter()
-    .next()
-    .map(|r| TableEntry {
-        kind: r[0].clone().unwrap_or_default(),
-        shard_key: r[1].clone(),
-        shard_count: r[2].as_deref().and_then(|s| s.parse().ok()),
-    })
+    cache()
+        .tables
+        .get(&(schema.to_owned(), name.to_owned()))
+        .cloned()
 }

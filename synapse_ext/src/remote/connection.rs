@@ -195,6 +195,10 @@ pub struct Connection {
     pub target: NodeTarget,
     /// An interrupt or error left the protocol state unknown: never reuse.
     pub broken: bool,
+    /// A `BEGIN` to send with the next statement, in the same round trip.
+    pub pending_begin: Option<String>,
+    /// The statement in flight went in a pipeline after its `BEGIN`.
+    pipelined: bool,
 }
 
 impl Drop for Connection {
@@ -248,6 +252,8 @@ impl Connection {
             conn,
             target: target.clone(),
             broken: false,
+            pending_begin: None,
+            pipelined: false,
         };
         let deadline = Instant::now() + timeout;
         // SAFETY: a live connection, polled as libpq documents.
@@ -306,6 +312,43 @@ impl Connection {
     /// Sends `sql` without waiting for its result ([`Connection::finish`] collects it), so
     /// statements to several nodes run at once.
     pub fn send(&mut self, sql: &str, params: &[Option<&str>]) -> Result<(), RemoteError> {
+        if let Some(begin) = self.pending_begin.take() {
+            if params.is_empty() {
+                // One simple query: BEGIN and the statement(s) in one round trip.
+                return self.send_one(&format!("{begin};\n{sql}"), params);
+            }
+            // With parameters: BEGIN and the statement in one pipeline, one round trip.
+            // SAFETY: a live, idle connection.
+            if unsafe { pq::PQenterPipelineMode(self.conn) } != 1 {
+                return Err(self.lost());
+            }
+            self.pipelined = true;
+            self.send_params(&begin, &[])?;
+            self.send_params(sql, params)?;
+            // SAFETY: a live connection in pipeline mode.
+            if unsafe { pq::PQpipelineSync(self.conn) } != 1 {
+                return Err(self.lost());
+            }
+            return self.flush();
+        }
+        self.send_one(sql, params)
+    }
+
+    fn send_one(&mut self, sql: &str, params: &[Option<&str>]) -> Result<(), RemoteError> {
+        if params.is_empty() {
+            let sql = cstring(sql);
+            // SAFETY: a live connection; libpq copies the string.
+            if unsafe { pq::PQsendQuery(self.conn, sql.as_ptr()) } == 0 {
+                return Err(self.lost());
+            }
+            return self.flush();
+        }
+        self.send_params(sql, params)?;
+        self.flush()
+    }
+
+    /// Queues one statement with the extended protocol (always so in a pipeline).
+    fn send_params(&mut self, sql: &str, params: &[Option<&str>]) -> Result<(), RemoteError> {
         let sql = cstring(sql);
         let values: Vec<Option<CString>> = params.iter().map(|p| p.map(cstring)).collect();
         let ptrs: Vec<*const c_char> = values
@@ -314,30 +357,46 @@ impl Connection {
             .collect();
         // SAFETY: a live connection; all strings outlive the call (libpq copies them).
         let sent = unsafe {
-            if params.is_empty() {
-                pq::PQsendQuery(self.conn, sql.as_ptr())
-            } else {
-                pq::PQsendQueryParams(
-                    self.conn,
-                    sql.as_ptr(),
-                    ptrs.len() as c_int,
-                    ptr::null(),
-                    ptrs.as_ptr(),
-                    ptr::null(),
-                    ptr::null(),
-                    0,
-                )
-            }
+            pq::PQsendQueryParams(
+                self.conn,
+                sql.as_ptr(),
+                ptrs.len() as c_int,
+                ptr::null(),
+                ptrs.as_ptr(),
+                ptr::null(),
+                ptr::null(),
+                0,
+            )
         };
         if sent == 0 {
             return Err(self.lost());
         }
-        self.flush()
+        Ok(())
     }
 
     /// Waits for the results of the statement sent last; returns the rows of the last
     /// result, or the first error.
     pub fn finish(&mut self, deadline: Option<Instant>) -> Result<Rows, RemoteError> {
+        if self.pipelined {
+            self.pipelined = false;
+            // The BEGIN's results, the statement's, then the pipeline's sync.
+            let begun = self.results(deadline);
+            let done = self.results(deadline);
+            let synced = self.next_result(deadline)?;
+            let synced =
+                synced.is_some_and(|r| r.status() == pq::ExecStatusType::PGRES_PIPELINE_SYNC);
+            // SAFETY: a live connection whose pipeline is drained.
+            if !synced || unsafe { pq::PQexitPipelineMode(self.conn) } != 1 {
+                self.broken = true;
+            }
+            begun?;
+            return done;
+        }
+        self.results(deadline)
+    }
+
+    /// The results of one statement, up to libpq's end-of-statement NULL.
+    fn results(&mut self, deadline: Option<Instant>) -> Result<Rows, RemoteError> {
         let mut error = None;
         let mut last = Rows::default();
         loop {
@@ -370,7 +429,11 @@ impl Connection {
 
     /// `COPY ... FROM STDIN` with `data` in COPY text format.
     pub fn copy_in(&mut self, sql: &str, data: &[u8]) -> Result<u64, RemoteError> {
-        self.send(sql, &[])?;
+        if let Some(begin) = self.pending_begin.take() {
+            self.send_one(&begin, &[])?;
+            self.finish(None)?;
+        }
+        self.send_one(sql, &[])?;
         let Some(result) = self.next_result(None)? else {
             return Err(self.lost());
         };

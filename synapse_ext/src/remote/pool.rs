@@ -88,7 +88,8 @@ pub fn in_transaction<R>(
         };
         let entry = pool.entries.entry(target.id).or_insert(entry);
         if entry.txn == RemoteTxn::Idle {
-            entry.conn.exec(&begin_statement(), &[])?;
+            // Sent with the first statement, in the same round trip.
+            entry.conn.pending_begin = Some(begin_statement());
             entry.txn = RemoteTxn::Open { writes: false };
         }
         if writes {

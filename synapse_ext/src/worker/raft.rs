@@ -106,11 +106,18 @@ fn handle(envelope: Envelope<RaftMainRequest, Result<(), String>>) {
     let answer = match &envelope.request {
         RaftMainRequest::Persist(batch) => {
             let batch = batch.clone();
-            in_transaction(move || persist(&batch)).and_then(|r| r)
+            let changed = !batch.changes.is_empty();
+            let done = in_transaction(move || persist(&batch)).and_then(|r| r);
+            if done.is_ok() && changed {
+                crate::shmem::bump_catalog_generation();
+            }
+            done
         }
         RaftMainRequest::Replace(state) => {
             let state = state.clone();
-            in_transaction(move || replace(&state)).and_then(|r| r)
+            let done = in_transaction(move || replace(&state)).and_then(|r| r);
+            crate::shmem::bump_catalog_generation();
+            done
         }
         RaftMainRequest::Restart(_) => Ok(()),
         RaftMainRequest::Log(level, message) => {
