@@ -199,6 +199,8 @@ pub struct Connection {
     pub pending_begin: Option<String>,
     /// The statement in flight went in a pipeline after its `BEGIN`.
     pipelined: bool,
+    /// A statement's answer (a read-only COMMIT) is still to be read before the next use.
+    unread: bool,
 }
 
 impl Drop for Connection {
@@ -254,6 +256,7 @@ impl Connection {
             broken: false,
             pending_begin: None,
             pipelined: false,
+            unread: false,
         };
         let deadline = Instant::now() + timeout;
         // SAFETY: a live connection, polled as libpq documents.
@@ -312,6 +315,7 @@ impl Connection {
     /// Sends `sql` without waiting for its result ([`Connection::finish`] collects it), so
     /// statements to several nodes run at once.
     pub fn send(&mut self, sql: &str, params: &[Option<&str>]) -> Result<(), RemoteError> {
+        self.read_unread()?;
         if let Some(begin) = self.pending_begin.take() {
             if params.is_empty() {
                 // One simple query: BEGIN and the statement(s) in one round trip.
@@ -429,6 +433,7 @@ impl Connection {
 
     /// `COPY ... FROM STDIN` with `data` in COPY text format.
     pub fn copy_in(&mut self, sql: &str, data: &[u8]) -> Result<u64, RemoteError> {
+        self.read_unread()?;
         if let Some(begin) = self.pending_begin.take() {
             self.send_one(&begin, &[])?;
             self.finish(None)?;
@@ -472,6 +477,27 @@ impl Connection {
         }
         self.flush()?;
         Ok(self.finish(None)?.affected)
+    }
+
+    /// Leaves the answer to the statement just sent for later: it is read (and a failure
+    /// of it ignored) before the connection's next statement.
+    pub fn answer_later(&mut self) {
+        self.unread = true;
+    }
+
+    /// Whether an answer is still to be read.
+    pub fn answer_pending(&self) -> bool {
+        self.unread
+    }
+
+    fn read_unread(&mut self) -> Result<(), RemoteError> {
+        if std::mem::take(&mut self.unread) {
+            match self.finish(None) {
+                Err(e) if e.connection_lost => return Err(e),
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// Writes out whatever libpq still buffers.

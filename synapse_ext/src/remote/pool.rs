@@ -306,8 +306,13 @@ fn pre_commit() {
                     format!("PREPARE TRANSACTION '{gid}'")
                 }
                 RemoteTxn::Open { writes: false } => {
+                    // Nothing to commit: the COMMIT's answer is read before the
+                    // connection's next use instead of now (one round trip less).
                     entry.txn = RemoteTxn::Idle;
-                    "COMMIT".to_owned()
+                    if entry.conn.send("COMMIT", &[]).is_ok() {
+                        entry.conn.answer_later();
+                    }
+                    continue;
                 }
                 _ => continue,
             };
@@ -370,7 +375,7 @@ fn end(committed: bool) {
                 }
                 entry.txn = RemoteTxn::Idle;
             }
-            if !entry.conn.usable() || entry.conn.in_transaction() {
+            if !entry.conn.usable() || (!entry.conn.answer_pending() && entry.conn.in_transaction()) {
                 drop_ids.push(*id);
             }
         }
