@@ -1,6 +1,7 @@
 //! A node of a 3-node cluster is killed with SIGKILL: statements that need only the
 //! other nodes keep working; statements that need it fail at once with a clear error
-//! naming it; once it is back, everything works again without reconnecting.
+//! naming it; its circuit breaker opens (visible in synapse.circuit_breakers()) and then
+//! skips it without a connection attempt; once it is back, everything works again.
 
 use std::time::{Duration, Instant};
 
@@ -124,6 +125,50 @@ fn a_killed_node_fails_only_the_statements_that_need_it() {
         "the session still works"
     );
 
+    // Node 3's circuit breaker opens (from these failures, or from SWIM declaring it
+    // FAILED), is visible, and then skips node 3 without trying to connect.
+    let state = |c: &mut postgres::Client| -> (String, i32) {
+        let r = c
+            .query_one(
+                "SELECT state, connections FROM synapse.circuit_breakers() WHERE node = 'node3'",
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    wait_for("node 3's breaker to open", Duration::from_secs(15), || {
+        (state(&mut c1).0 == "open").then_some(())
+    });
+    let started = Instant::now();
+    let e = c1
+        .batch_execute("SELECT count(*) FROM kv")
+        .expect_err("node 3 is down");
+    let db = e.as_db_error().unwrap();
+    assert!(
+        db.message().contains("circuit breaker is open"),
+        "{}",
+        db.message()
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(100),
+        "an open breaker took {:?}",
+        started.elapsed()
+    );
+    let (_, connections) = state(&mut c1);
+    assert_eq!(connections, 0, "no connection to node 3 is held");
+    assert_eq!(read(&mut c1, k2).unwrap(), k2 * 10 + 1);
+    let node2: (String, i32) = {
+        let r = c1
+            .query_one(
+                "SELECT state, connections FROM synapse.circuit_breakers() WHERE node = 'node2'",
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(node2.0, "closed");
+    assert!(node2.1 >= 1, "node 2's connection is counted: {node2:?}");
+
     // Phase 2: node 3 restarts; the same session reaches it again.
     let out = cluster.script(&["start", "3"]);
     assert!(out.status.success(), "{}", synapse_pg_test::text(&out));
@@ -134,4 +179,9 @@ fn a_killed_node_fails_only_the_statements_that_need_it() {
     });
     assert_eq!(total, 1000);
     assert_eq!(read(&mut c1, k3).unwrap(), k3 * 10);
+    assert_eq!(
+        state(&mut c1).0,
+        "closed",
+        "a successful trial closes the breaker"
+    );
 }

@@ -92,7 +92,21 @@ static FRAGMENT: GucSetting<bool> = GucSetting::<bool>::new(false);
 static PLACEMENT_VNODES: GucSetting<i32> =
     GucSetting::<i32>::new(synapse_core::distribution::DEFAULT_VNODES as i32);
 
+/// `synapse.max_node_connections`: the most connections this node's backends together
+/// hold to any one other node (0: no limit).
+static MAX_NODE_CONNECTIONS: GucSetting<i32> = GucSetting::<i32>::new(200);
+
 pub fn init() {
+    GucRegistry::define_int_guc(
+        c"synapse.max_node_connections",
+        c"The most connections this node's backends together hold to any one other node.",
+        c"0 means no limit. The other node's max_connections is the real bound.",
+        &MAX_NODE_CONNECTIONS,
+        0,
+        100_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
     GucRegistry::define_bool_guc(
         c"synapse.fragment",
         c"Run statements on this node's shards only, as a fragment of a distributed statement.",
@@ -393,6 +407,10 @@ pub fn leadership_lease_ms() -> u64 {
 
 pub fn raft_timeout_ms() -> u64 {
     RAFT_TIMEOUT.get() as u64
+}
+
+pub fn max_node_connections() -> i32 {
+    MAX_NODE_CONNECTIONS.get()
 }
 
 pub fn fragment() -> bool {

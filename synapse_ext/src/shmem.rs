@@ -1,11 +1,13 @@
 //! Shared memory: what every process of the node must see at once.
 //!
-//! For now, the registry of synapse background workers (which one runs, with which pid,
-//! since when), read by `synapse.workers()`. Later components add the membership view,
-//! circuit breakers and the metadata generation counter here. Everything is fixed-size and
+//! The registry of synapse background workers (which one runs, with which pid, since
+//! when), read by `synapse.workers()`; the catalog generation; and per node the circuit
+//! breaker and the number of connections this node's backends hold to it. Everything is fixed-size and
 //! `#[repr(C)]`; fields are atomics, so readers never take a lock.
 
-use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering};
+
+use synapse_core::breaker::{Breaker, BreakerState, Swim};
 
 use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, PGRXSharedMemory, PgAtomic};
@@ -48,12 +50,41 @@ pub struct WorkerSlot {
 }
 
 #[repr(C)]
-#[derive(Default)]
 pub struct NodeShared {
     workers: [WorkerSlot; WorkerKind::ALL.len()],
     /// Bumped by the raft worker after each commit that changed the catalog tables:
     /// backends reload their cached distribution metadata when it moves.
     catalog_generation: AtomicU64,
+    /// Per other node, by the hash of its name (0: free slot).
+    peers: [PeerSlot; MAX_PEERS],
+}
+
+impl Default for NodeShared {
+    fn default() -> Self {
+        NodeShared {
+            workers: Default::default(),
+            catalog_generation: AtomicU64::new(0),
+            peers: std::array::from_fn(|_| PeerSlot::default()),
+        }
+    }
+}
+
+/// The most nodes whose breakers and connection counts are kept.
+pub const MAX_PEERS: usize = 128;
+
+/// One node's circuit breaker (see `synapse_core::breaker`) and connection count. The
+/// fields are updated one by one: two backends updating a breaker at the same moment may
+/// lose one update, which only delays its opening or closing by one statement.
+#[repr(C)]
+#[derive(Default)]
+pub struct PeerSlot {
+    key: AtomicU64,
+    state: AtomicU32,
+    failures: AtomicU32,
+    opened_at_ms: AtomicI64,
+    retry_at_ms: AtomicI64,
+    backoff_ms: AtomicI64,
+    connections: AtomicI32,
 }
 
 // SAFETY: NodeShared is #[repr(C)], fixed-size, and holds only atomics (no pointers), so it
@@ -116,6 +147,104 @@ pub fn catalog_generation() -> u64 {
 /// Marks the catalog changed; called after the change committed.
 pub fn bump_catalog_generation() {
     NODE.get().catalog_generation.fetch_add(1, Ordering::AcqRel);
+}
+
+fn name_key(name: &str) -> u64 {
+    // FNV-1a; 0 marks a free slot.
+    let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    h.max(1)
+}
+
+/// The slot of node `name`, claimed if it has none; `None` when every slot is taken.
+fn peer(name: &str) -> Option<&'static PeerSlot> {
+    let key = name_key(name);
+    let peers = &NODE.get().peers;
+    let start = (key % MAX_PEERS as u64) as usize;
+    for i in 0..MAX_PEERS {
+        let slot = &peers[(start + i) % MAX_PEERS];
+        match slot
+            .key
+            .compare_exchange(0, key, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => return Some(slot),
+            Err(k) if k == key => return Some(slot),
+            Err(_) => {}
+        }
+    }
+    None
+}
+
+fn load(slot: &PeerSlot) -> Breaker {
+    Breaker {
+        state: BreakerState::from_u32(slot.state.load(Ordering::Acquire)),
+        failures: slot.failures.load(Ordering::Relaxed),
+        opened_at_ms: slot.opened_at_ms.load(Ordering::Relaxed),
+        retry_at_ms: slot.retry_at_ms.load(Ordering::Relaxed),
+        backoff_ms: slot.backoff_ms.load(Ordering::Relaxed).max(1),
+    }
+}
+
+fn store(slot: &PeerSlot, b: &Breaker) {
+    slot.failures.store(b.failures, Ordering::Relaxed);
+    slot.opened_at_ms.store(b.opened_at_ms, Ordering::Relaxed);
+    slot.retry_at_ms.store(b.retry_at_ms, Ordering::Relaxed);
+    slot.backoff_ms.store(b.backoff_ms, Ordering::Relaxed);
+    slot.state.store(b.state.to_u32(), Ordering::Release);
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Applies `f` to node `name`'s breaker.
+fn with_breaker<R>(name: &str, f: impl FnOnce(&mut Breaker, i64) -> R) -> Option<R> {
+    let slot = peer(name)?;
+    let mut b = load(slot);
+    let before = b;
+    let r = f(&mut b, now_ms());
+    if b != before {
+        store(slot, &b);
+    }
+    Some(r)
+}
+
+/// Whether a statement may go to node `name` now; `Err(retry_at_ms)` if its breaker is open.
+pub fn breaker_allow(name: &str) -> Result<(), i64> {
+    with_breaker(name, |b, now| b.allow(now)).unwrap_or(Ok(()))
+}
+
+/// Node `name` answered.
+pub fn breaker_success(name: &str) {
+    with_breaker(name, |b, _| b.success());
+}
+
+/// A connection to node `name` failed or was lost.
+pub fn breaker_failure(name: &str) {
+    with_breaker(name, |b, now| b.failure(now));
+}
+
+/// SWIM's view of node `name` changed.
+pub fn breaker_swim(name: &str, view: Swim) {
+    with_breaker(name, |b, now| b.swim(now, view));
+}
+
+/// Node `name`'s breaker and how many connections this node's backends hold to it.
+pub fn peer_status(name: &str) -> (Breaker, i32) {
+    match peer(name) {
+        Some(slot) => (load(slot), slot.connections.load(Ordering::Relaxed)),
+        None => (Breaker::default(), 0),
+    }
+}
+
+/// Counts a connection to node `name` opened (+1) or closed (-1); returns the new count.
+pub fn count_connection(name: &str, delta: i32) -> i32 {
+    peer(name).map_or(0, |slot| {
+        slot.connections.fetch_add(delta, Ordering::AcqRel) + delta
+    })
 }
 
 /// Whether the calling process is the running `kind` worker.

@@ -2,6 +2,7 @@
 //! PostgreSQL. The `synapse` extension (`synapse_ext/src`) is a thin adapter over this
 //! crate, so everything here is tested with plain `cargo test`.
 
+pub mod breaker;
 pub mod distribution;
 pub mod health;
 pub mod linearizability;

@@ -75,9 +75,13 @@ async fn members_see_each_other_leave_and_fail() {
         };
         let (roster_tx, roster_rx) = watch::channel(roster.clone());
         let (leave_tx, leave_rx) = watch::channel(false);
-        tasks.push(tokio::spawn(run(settings, roster_rx, leave_rx, |_, m| {
-            eprintln!("{m}")
-        })));
+        tasks.push(tokio::spawn(run(
+            settings,
+            roster_rx,
+            leave_rx,
+            |_, m| eprintln!("{m}"),
+            |_, _| {},
+        )));
         sockets.push(socket);
         leaves.push(leave_tx);
         rosters.push(roster_tx);

@@ -177,3 +177,51 @@ fn reference_table_write_guard<'a>(
     }
     Ok(trigger.new())
 }
+
+/// `synapse.circuit_breakers()`: per other node, its circuit breaker (closed, open,
+/// half-open; fed by connection errors and by SWIM) and the connections this node's
+/// backends hold to it.
+#[allow(clippy::type_complexity)] // the row type pgrx turns into SQL
+#[pg_extern(volatile)]
+fn circuit_breakers() -> TableIterator<
+    'static,
+    (
+        name!(node, String),
+        name!(state, String),
+        name!(failures, i32),
+        name!(opened_at, Option<pgrx::datum::TimestampWithTimeZone>),
+        name!(retry_at, Option<pgrx::datum::TimestampWithTimeZone>),
+        name!(connections, i32),
+    ),
+> {
+    let me = crate::distribution::metadata::local_node_id();
+    // Unix milliseconds as a TimestampTz (microseconds since 2000-01-01).
+    let at = |ms: i64| {
+        (ms > 0)
+            .then(|| {
+                let pg = (ms - 946_684_800_000) * 1000;
+                // SAFETY: any i64 is a valid TimestampTz bit pattern.
+                unsafe {
+                    pgrx::datum::TimestampWithTimeZone::from_datum(pg_sys::Datum::from(pg), false)
+                }
+            })
+            .flatten()
+    };
+    let rows: Vec<_> = crate::distribution::metadata::nodes()
+        .into_iter()
+        .filter(|n| n.id != me)
+        .map(|n| {
+            let (b, connections) = crate::shmem::peer_status(&n.name);
+            let open = b.state != synapse_core::breaker::BreakerState::Closed;
+            (
+                n.name,
+                b.state.as_str().to_owned(),
+                b.failures as i32,
+                if open { at(b.opened_at_ms) } else { None },
+                if open { at(b.retry_at_ms) } else { None },
+                connections,
+            )
+        })
+        .collect();
+    TableIterator::new(rows)
+}

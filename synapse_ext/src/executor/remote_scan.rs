@@ -289,6 +289,10 @@ unsafe fn fill(node: *mut ScanNode, run: &mut Runtime) {
         let params = Params::of((*estate).es_param_list_info, run.max_param);
         let texts = params.text_refs();
         let sql = run.sql.clone();
+        // An unavailable node fails the scan before any node is asked.
+        for t in run.targets.iter().filter(|t| !t.local) {
+            pool::check_available(&t.node);
+        }
         for t in run.targets.iter().filter(|t| !t.local) {
             pool::in_transaction(&t.node, false, |c| c.send(&sql, &texts));
         }

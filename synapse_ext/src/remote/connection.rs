@@ -207,6 +207,7 @@ impl Drop for Connection {
     fn drop(&mut self) {
         // SAFETY: we own the connection and finish it once.
         unsafe { pq::PQfinish(self.conn) };
+        crate::shmem::count_connection(&self.target.name, -1);
     }
 }
 
@@ -250,6 +251,8 @@ impl Connection {
         if conn.is_null() {
             return Err(RemoteError::lost(&target.name, "out of memory".into()));
         }
+        // Counted from here: the Drop below uncounts it, also when connecting fails.
+        crate::shmem::count_connection(&target.name, 1);
         let mut c = Connection {
             conn,
             target: target.clone(),

@@ -72,19 +72,26 @@ pub fn in_transaction<R>(
     if POOL.with(|p| p.borrow().diverged) {
         diverged_error();
     }
+    check_available(target);
     let result = POOL.with(|p| {
         let mut pool = p.borrow_mut();
         let entry = match pool.entries.remove(&target.id) {
             Some(e) if e.conn.usable() && e.conn.target == *target => e,
-            _ => Entry {
-                conn: Connection::open(
-                    target,
-                    &database_name(),
-                    &ClientTls { dir: &tls_dir() },
-                    CONNECT_TIMEOUT,
-                )?,
-                txn: RemoteTxn::Idle,
-            },
+            _ => {
+                let limit = gucs::max_node_connections();
+                if limit > 0 && crate::shmem::peer_status(&target.name).1 >= limit {
+                    too_many(target, limit);
+                }
+                Entry {
+                    conn: Connection::open(
+                        target,
+                        &database_name(),
+                        &ClientTls { dir: &tls_dir() },
+                        CONNECT_TIMEOUT,
+                    )?,
+                    txn: RemoteTxn::Idle,
+                }
+            }
         };
         let entry = pool.entries.entry(target.id).or_insert(entry);
         if entry.txn == RemoteTxn::Idle {
@@ -97,10 +104,61 @@ pub fn in_transaction<R>(
         }
         f(&mut entry.conn)
     });
+    let result = match result {
+        Ok(r) => {
+            crate::shmem::breaker_success(&target.name);
+            r
+        }
+        Err(e) => {
+            if e.connection_lost {
+                crate::shmem::breaker_failure(&target.name);
+            }
+            e.report()
+        }
+    };
     if writes {
         check_single_writer();
     }
-    result.unwrap_or_else(|e| e.report())
+    result
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn too_many(target: &NodeTarget, limit: i32) -> ! {
+    pgrx::pg_sys::panic::ErrorReport::new(
+        PgSqlErrorCode::ERRCODE_TOO_MANY_CONNECTIONS,
+        format!(
+            "this node's backends already hold {limit} connections to node \"{}\"",
+            target.name
+        ),
+        "synapse pool",
+    )
+    .set_hint("Raise synapse.max_node_connections, or use fewer concurrent sessions.")
+    .report(PgLogLevel::ERROR);
+    unreachable!()
+}
+
+/// Fails at once if `target`'s circuit breaker is open.
+pub fn check_available(target: &NodeTarget) {
+    if let Err(retry_at_ms) = crate::shmem::breaker_allow(&target.name) {
+        let wait = retry_at_ms - now_ms();
+        pgrx::pg_sys::panic::ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_CONNECTION_FAILURE,
+            format!(
+                "node \"{}\" is unavailable: its circuit breaker is open (next try in {} ms)",
+                target.name,
+                wait.max(0)
+            ),
+            "synapse pool",
+        )
+        .set_detail("The node failed repeatedly or SWIM reports it failed; statements that need it fail at once.")
+        .set_hint("See SELECT * FROM synapse.circuit_breakers(); statements that need only other nodes keep working.")
+        .report(PgLogLevel::ERROR);
+    }
 }
 
 /// Lets the current transaction write on several nodes (synapse's own operations).

@@ -8,11 +8,12 @@ use std::time::Duration;
 
 use pgrx::bgworkers::BackgroundWorker;
 use pgrx::prelude::*;
+use synapse_core::breaker::Swim;
 use synapse_core::mailbox::{mailbox, Envelope};
 use synapse_core::raft::node::Identity;
 use synapse_core::supervisor::LogLevel;
 use synapse_core::swim::service::{run, GossipSettings, Roster};
-use synapse_core::swim::Config;
+use synapse_core::swim::{Config, State};
 use synapse_core::thread::NetThread;
 use tokio::sync::watch;
 
@@ -36,16 +37,20 @@ pub extern "C-unwind" fn synapse_gossip_main(_arg: pg_sys::Datum) {
     BackgroundWorker::connect_worker_to_spi(Some(&gucs::database()), None);
     shmem::register_worker(WorkerKind::Gossip);
 
-    let (mailbox, inbox) = mailbox::<(LogLevel, String), ()>(256)
-        .unwrap_or_else(|e| error!("synapse gossip: mailbox: {e}"));
+    let (mailbox, inbox) =
+        mailbox::<GossipNews, ()>(256).unwrap_or_else(|e| error!("synapse gossip: mailbox: {e}"));
     let (roster_tx, roster_rx) = watch::channel(Roster::default());
     let (leave_tx, leave_rx) = watch::channel(false);
     let settings = settings();
+    let states = mailbox.clone();
     let net = NetThread::spawn("synapse-gossip", 1, async move {
         let log = move |level, line| {
-            let _ = mailbox.post((level, line));
+            let _ = mailbox.post(GossipNews::Log(level, line));
         };
-        run(settings, roster_rx, leave_rx, log).await;
+        let on_state = move |name: &str, state: State| {
+            let _ = states.post(GossipNews::Member(name.to_owned(), state));
+        };
+        run(settings, roster_rx, leave_rx, log, on_state).await;
     })
     .unwrap_or_else(|e| error!("synapse gossip: could not start its network thread: {e}"));
 
@@ -74,10 +79,25 @@ pub extern "C-unwind" fn synapse_gossip_main(_arg: pg_sys::Datum) {
     signals::exit_if_shutdown_pending();
 }
 
-fn handle(envelope: Envelope<(LogLevel, String), ()>) {
+/// What the network thread tells the main thread.
+enum GossipNews {
+    Log(LogLevel, String),
+    /// SWIM's view of a member changed: it feeds the member's circuit breaker.
+    Member(String, State),
+}
+
+fn handle(envelope: Envelope<GossipNews, ()>) {
     match &envelope.request {
-        (LogLevel::Log, line) => log!("{line}"),
-        (LogLevel::Warning, line) => warning!("{line}"),
+        GossipNews::Member(name, state) => {
+            let view = match state {
+                State::Alive => Swim::Alive,
+                State::Suspected => Swim::Suspected,
+                State::Failed | State::Left => Swim::Failed,
+            };
+            shmem::breaker_swim(name, view);
+        }
+        GossipNews::Log(LogLevel::Log, line) => log!("{line}"),
+        GossipNews::Log(LogLevel::Warning, line) => warning!("{line}"),
     }
     envelope.answer(());
 }

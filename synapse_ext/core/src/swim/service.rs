@@ -38,6 +38,9 @@ pub struct Roster {
     pub members: Vec<(String, SocketAddr)>,
 }
 
+/// Told a member's name and new state.
+type StateListener = dyn Fn(&str, State) + Send;
+
 /// A backend's question.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum GossipRequest {
@@ -97,6 +100,8 @@ struct Gossip {
     swim: Option<(Swim, Key, String)>,
     status: GossipStatus,
     log: Box<dyn Fn(LogLevel, String) + Send>,
+    /// Told each member's new state (by name) as SWIM changes its view.
+    on_state: Box<StateListener>,
 }
 
 impl Gossip {
@@ -204,18 +209,21 @@ impl Gossip {
                     to,
                     incarnation,
                     ..
-                } => (self.log)(
-                    if to == State::Failed {
-                        LogLevel::Warning
-                    } else {
-                        LogLevel::Log
-                    },
-                    format!(
-                        "synapse gossip: {name} is {} (was {}, incarnation {incarnation})",
-                        to.as_str(),
-                        from.as_str()
-                    ),
-                ),
+                } => {
+                    (self.on_state)(&name, to);
+                    (self.log)(
+                        if to == State::Failed {
+                            LogLevel::Warning
+                        } else {
+                            LogLevel::Log
+                        },
+                        format!(
+                            "synapse gossip: {name} is {} (was {}, incarnation {incarnation})",
+                            to.as_str(),
+                            from.as_str()
+                        ),
+                    )
+                }
                 Event::Refuted { incarnation, .. } => refuted = Some(incarnation),
                 Event::PartitionChanged(p) => (self.log)(
                     if p.majority {
@@ -292,6 +300,7 @@ pub async fn run(
     mut roster: watch::Receiver<Roster>,
     mut leave: watch::Receiver<bool>,
     log: impl Fn(LogLevel, String) + Send + 'static,
+    on_state: impl Fn(&str, State) + Send + 'static,
 ) {
     let socket = match UdpSocket::bind(settings.listen).await {
         Ok(s) => s,
@@ -326,6 +335,7 @@ pub async fn run(
         swim: None,
         status: GossipStatus::default(),
         log: Box::new(log),
+        on_state: Box::new(on_state),
     };
     let first = roster.borrow_and_update().clone();
     let mut out = g.follow(first).unwrap_or_default();
