@@ -78,3 +78,27 @@ BEGIN
     END IF;
 END
 $$;
+
+-- Pieces of the pushdown level (planner/pushdown.rs): every node computes partial
+-- aggregates over its shards, and this node combines them with these.
+--
+-- count's partials are summed into a bigint, 0 when there are none (as count is).
+CREATE AGGREGATE synapse.sum_count(bigint) (
+    SFUNC = int8pl, STYPE = bigint, INITCOND = '0', COMBINEFUNC = int8pl, PARALLEL = SAFE
+);
+-- sum(int2/int4)'s bigint partials are summed into a bigint, NULL when all are NULL.
+CREATE AGGREGATE synapse.sum_int8(bigint) (
+    SFUNC = int8pl, STYPE = bigint, COMBINEFUNC = int8pl, PARALLEL = SAFE
+);
+-- avg from the sum and count of its partials: the same division avg itself ends with.
+CREATE FUNCTION synapse.avg_final(numeric, bigint) RETURNS numeric
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    AS 'SELECT CASE WHEN $2 = 0 THEN NULL ELSE $1 / $2 END';
+CREATE FUNCTION synapse.avg_final(double precision, bigint) RETURNS double precision
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    AS 'SELECT CASE WHEN $2 = 0 THEN NULL ELSE $1 / $2 END';
+-- Stands for the rows of a query run on every node holding shards: the planner replaces
+-- each call with a SynapseScan of the pushdown level, so it never runs.
+CREATE FUNCTION synapse.fragment_rows(sql text, shard_count int, max_param int)
+    RETURNS SETOF record LANGUAGE plpgsql ROWS 3
+    AS $$BEGIN RAISE EXCEPTION 'synapse.fragment_rows() is planned by synapse only'; END$$;

@@ -109,6 +109,17 @@ UPDATE orders SET amount = 0;
 UPDATE orders SET id = 6000 WHERE id = 17;
 SELECT customer, count(*), sum(amount) FROM orders GROUP BY customer ORDER BY customer LIMIT 3;
 EXPLAIN (COSTS OFF) SELECT count(*) FROM orders WHERE amount > 50;
+-- Pushdown: each node groups its shards' rows and computes partial aggregates; this
+-- node combines them, then sorts and limits.
+EXPLAIN (COSTS OFF) SELECT customer, count(*), avg(amount) FROM orders GROUP BY customer
+    HAVING count(*) > 1 ORDER BY 2 DESC, 1 LIMIT 3;
+SELECT customer, count(*), avg(amount) FROM orders GROUP BY customer
+    HAVING count(*) > 1 ORDER BY 2 DESC, 1 LIMIT 3;
+-- Rows: each node sorts and returns LIMIT + OFFSET rows.
+EXPLAIN (COSTS OFF) SELECT id FROM orders ORDER BY amount DESC, id LIMIT 2 OFFSET 1;
+-- Pull-up: count(DISTINCT ...) has no partial form, so rows come to this node.
+EXPLAIN (COSTS OFF) SELECT count(DISTINCT customer) FROM orders;
+SELECT count(DISTINCT customer) FROM orders;
 -- DDL reaches every node.
 ALTER TABLE orders ADD COLUMN extra int DEFAULT 7;
 CREATE INDEX orders_amount ON orders (amount);

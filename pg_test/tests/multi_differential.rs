@@ -491,6 +491,67 @@ fn queries() -> Vec<(String, bool)> {
             false,
         );
     }
+    // Split between the nodes and this one (pushdown): partial aggregates of every kind
+    // and key type, FILTER, HAVING, expressions over aggregates, empty inputs, DISTINCT,
+    // ORDER BY with LIMIT/OFFSET, joins co-located on the key (inner and outer) and with
+    // reference tables.
+    for sql in [
+        "SELECT count(*), count(amount), sum(amount), avg(amount), min(placed), max(status) FROM orders",
+        "SELECT sum(c), avg(c), sum(k::int2), avg(k::int2), sum(k::bigint), avg(k::bigint) FROM counts",
+        "SELECT avg(c::float8), sum(c::float8), min(c::float8) FROM counts",
+        "SELECT avg(price), sum(price), min(sku), max(sku), count(currency) FROM prices",
+        "SELECT bit_or(c), bit_and(c), bit_xor(c), bool_and(c > 0), bool_or(c > 99), every(k > 0) FROM counts",
+        "SELECT count(*), sum(c), avg(c), min(c), max(c), bool_or(c > 1) FROM counts WHERE k < 0",
+        "SELECT status, count(*) FROM orders WHERE amount < 0 GROUP BY status",
+        "SELECT count(*) > 0 FROM customers HAVING count(*) > 10",
+        "SELECT count(*) FROM customers HAVING count(*) > 1000",
+        "SELECT sum(v), avg(v), min(ts), max(ts) FROM stamps",
+        "SELECT min(at), max(at), count(DISTINCT kind) FROM events",
+        "SELECT count(DISTINCT region), string_agg(DISTINCT region, ',' ORDER BY region) FROM customers",
+        "SELECT stddev(amount)::numeric(12,6), variance(c)::numeric(14,4) FROM orders, counts WHERE counts.k = orders.customer_id",
+        "SELECT count(*), sum(o.amount), avg(o.amount) FROM customers c JOIN orders o ON o.customer_id = c.id",
+        "SELECT count(*), count(c.id), count(o.id) FROM customers c FULL JOIN orders o ON o.customer_id = c.id AND o.amount > 100",
+        "SELECT count(*) FROM regions r LEFT JOIN customers c ON r.code = c.region",
+        "SELECT count(*), sum(k.c) FROM customers c JOIN counts k ON k.k = c.id",
+        "SELECT sum(o.amount) FROM orders o JOIN customers c ON c.id = o.id",
+        "SELECT count(*) FROM customers c JOIN orders o ON o.customer_id = c.id JOIN counts k ON k.k = o.customer_id WHERE k.c > 50",
+        "SELECT k, c FROM counts ORDER BY c FETCH FIRST 3 ROWS WITH TIES",
+    ] {
+        add(sql, false);
+    }
+    for sql in [
+        "SELECT weight, count(*), avg(weight), sum(weight) FROM tags GROUP BY weight ORDER BY weight",
+        "SELECT region, count(*) * 2 + 1, sum(id) / count(*), max(joined) - min(joined) FROM customers GROUP BY region ORDER BY region NULLS LAST",
+        "SELECT upper(status), count(*) FROM orders GROUP BY upper(status) ORDER BY 1",
+        "SELECT status, count(*) FILTER (WHERE note IS NOT NULL), sum(amount) FILTER (WHERE amount > 50), avg(amount) FILTER (WHERE placed > DATE '2025-06-01') FROM orders GROUP BY status ORDER BY status",
+        "SELECT status, count(*) FROM orders GROUP BY status HAVING avg(amount) > 60 AND count(*) > 10 ORDER BY 1",
+        "SELECT status, count(*) AS n FROM orders GROUP BY status ORDER BY n DESC, status LIMIT 2",
+        "SELECT status, placed, count(*) FROM orders GROUP BY status, placed ORDER BY 3 DESC, 1, 2 LIMIT 10 OFFSET 5",
+        "SELECT DISTINCT status, note FROM orders ORDER BY 1, 2 NULLS FIRST",
+        "SELECT DISTINCT c % 10 FROM counts ORDER BY 1 LIMIT 5",
+        "SELECT kind, count(*), min(payload), max(length(payload)) FROM events GROUP BY kind ORDER BY kind NULLS FIRST",
+        "SELECT date_trunc('month', at), count(*) FROM events GROUP BY 1 ORDER BY 1",
+        "SELECT n, count(*), min(d) FROM days GROUP BY n HAVING min(d) > DATE '2026-01-05' ORDER BY n",
+        "SELECT currency, count(*), avg(price), max(sku) FROM prices GROUP BY currency ORDER BY currency",
+        "SELECT c.region, count(o.id), sum(o.amount) FROM customers c LEFT JOIN orders o ON o.customer_id = c.id GROUP BY c.region ORDER BY 1 NULLS FIRST",
+        "SELECT r.name, count(*), avg(o.amount) FROM customers c JOIN orders o ON o.customer_id = c.id JOIN regions r ON r.code = c.region GROUP BY r.name ORDER BY 1",
+        "SELECT c.id, o.id, o.amount FROM customers c JOIN orders o ON o.customer_id = c.id ORDER BY o.amount DESC NULLS LAST, o.id LIMIT 7",
+        "SELECT c.id, c.name, r.name FROM customers c LEFT JOIN regions r ON r.code = c.region ORDER BY c.id LIMIT 12",
+        "SELECT id, name FROM customers ORDER BY name, id LIMIT 5 OFFSET 3",
+        "SELECT * FROM counts ORDER BY c DESC, k LIMIT 5 OFFSET 0",
+        "SELECT k FROM counts ORDER BY k LIMIT ALL",
+        "SELECT ts, v FROM stamps ORDER BY v DESC LIMIT 3 OFFSET 497",
+        // Grouped by the shard key: each group is whole on one node, which finishes it
+        // (any aggregate, HAVING, ORDER BY with LIMIT).
+        "SELECT customer_id, count(DISTINCT status), string_agg(status, ',' ORDER BY id), percentile_disc(0.5) WITHIN GROUP (ORDER BY amount) FROM orders GROUP BY customer_id HAVING count(*) > 9 ORDER BY customer_id",
+        "SELECT customer_id, count(*), max(amount) FROM orders GROUP BY customer_id ORDER BY 2 DESC, 3 DESC NULLS LAST, 1 LIMIT 5",
+        "SELECT c.id, c.name, count(o.id), array_agg(DISTINCT o.status ORDER BY o.status) FROM customers c JOIN orders o ON o.customer_id = c.id WHERE c.id < 40 GROUP BY c.id, c.name ORDER BY c.id",
+        "SELECT c.id, count(o.id) FROM customers c LEFT JOIN orders o ON o.customer_id = c.id AND o.amount > 110 GROUP BY c.id ORDER BY 2 DESC, 1 LIMIT 8",
+        "SELECT o.customer_id, count(*) FROM customers c RIGHT JOIN orders o ON o.customer_id = c.id GROUP BY o.customer_id ORDER BY 1 LIMIT 5",
+        "SELECT kind, id, count(*) FROM events GROUP BY id, kind ORDER BY 3 DESC, 2 LIMIT 4",
+    ] {
+        add(sql, true);
+    }
     q
 }
 
@@ -527,6 +588,13 @@ const PREPARED: &[(&str, &[&[&str]])] = &[
     (
         "SELECT status, count(*) FROM orders WHERE placed > $1::date GROUP BY status",
         &[&["2025-06-01"], &["2025-12-01"]],
+    ),    (
+        "SELECT status, count(*), avg(amount) FROM orders GROUP BY status HAVING count(*) > $1::int ORDER BY 2 DESC, 1 LIMIT $2",
+        &[&["700", "2"], &["0", "10"]],
+    ),
+    (
+        "SELECT k, c FROM counts WHERE c > $1::int ORDER BY c, k LIMIT $2 OFFSET $3",
+        &[&["90", "5", "2"], &["0", "3", "0"], &["200", "1", "1"]],
     ),
 ];
 
@@ -634,6 +702,18 @@ fn queries_give_the_same_answers_as_one_server() {
             Err(e) => differ.push(format!("{sql}\n  cluster error: {e:?}")),
         }
     }
+    // How the cluster routed them (EXPLAIN): the pushdown level must carry a good share.
+    let (mut pushdown, mut pull_up) = (0, 0);
+    for (sql, _) in &queries {
+        let Ok(plan) = rows(&mut cl, &format!("EXPLAIN {sql}")) else {
+            continue;
+        };
+        let plan = plan.concat().join("\n");
+        pushdown += plan.contains("Routing: pushdown") as usize;
+        pull_up += plan.contains("Routing: pull-up") as usize;
+    }
+    eprintln!("routing: {pushdown} queries through the pushdown level, {pull_up} through pull-up");
+    assert!(pushdown >= 40, "only {pushdown} queries pushed down");
     // Every node served rows: the same queries through nodes 2 and 3.
     let mut others = 0;
     for node in [2, 3] {

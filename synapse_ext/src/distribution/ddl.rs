@@ -41,6 +41,22 @@ pub struct TableDef {
     pub grants: Vec<String>,
 }
 
+/// The SQL of `query` for another node: PostgreSQL's deparser with every name
+/// schema-qualified, on one line.
+///
+/// # Safety
+/// `query` must be a valid Query; it is copied, not changed.
+pub unsafe fn deparse_query(query: *mut pg_sys::Query) -> String {
+    with_qualified_names(|| {
+        // SAFETY: the deparser reads a copy of a valid Query.
+        let text = unsafe {
+            let copy = pg_sys::copyObjectImpl(query.cast()) as *mut pg_sys::Query;
+            std::ffi::CStr::from_ptr(pg_sys::pg_get_querydef(copy, false))
+        };
+        synapse_core::distribution::sql_text::one_line(&text.to_string_lossy())
+    })
+}
+
 /// Runs `f` with `search_path` = `pg_catalog` (restored afterwards, also on error).
 pub fn with_qualified_names<R>(f: impl FnOnce() -> R) -> R {
     struct Restore(i32);

@@ -1,7 +1,9 @@
-//! `SynapseScan` at run time: sends the scan's SQL to every node holding a shard it may
-//! need (in parallel, with the statement's parameters), reads this node's shards through
-//! SPI meanwhile, and materializes all rows in a tuplestore (spilling past `work_mem`),
-//! which rescans replay: the shipped clauses never depend on per-rescan values.
+//! `SynapseScan` at run time, for both levels that ask every node: pull-up (a table's
+//! needed columns, filtered by the shipped clauses) and pushdown (a fragment of the
+//! statement, see `planner::pushdown`). Sends the SQL to every node holding a shard it
+//! may need (in parallel, with the statement's parameters), reads this node's shards
+//! through SPI meanwhile, and materializes all rows in a tuplestore (spilling past
+//! `work_mem`), which rescans replay: the SQL never depends on per-rescan values.
 //!
 //! Rows of other nodes arrive as text and are read with each column type's input
 //! function; rows of this node are copied as datums. PostgreSQL then evaluates every
@@ -71,6 +73,8 @@ struct Target {
 }
 
 struct Runtime {
+    /// "pull-up": the rows of a table; "pushdown": the rows of a fragment of a statement.
+    level: String,
     /// Reads the tuplestore's minimal tuples; copied into the (virtual) scan slot.
     read_slot: *mut pg_sys::TupleTableSlot,
     /// Parameters $1..$max_param go with the SQL.
@@ -119,16 +123,57 @@ unsafe extern "C-unwind" fn begin(
         let node = css as *mut ScanNode;
         let cscan = (*css).ss.ps.plan as *mut pg_sys::CustomScan;
         let private = PgList::<pg_sys::Node>::from_pg((*cscan).custom_private);
-        let schema = str_val(private.get_ptr(0).expect("schema"));
-        let name = str_val(private.get_ptr(1).expect("table"));
+        let level = str_val(private.get_ptr(0).expect("level"));
+        let desc = (*(*css).ss.ss_ScanTupleSlot).tts_tupleDescriptor;
+        let (sql, targets, shards, columns, max_param) = if level == "pushdown" {
+            begin_fragment(&private, desc, estate)
+        } else {
+            begin_table(css, &private, desc, estate)
+        };
+        let read_slot = pg_sys::ExecInitExtraTupleSlot(estate, desc, &pg_sys::TTSOpsMinimalTuple);
+        let run = Box::into_raw(Box::new(Runtime {
+            level,
+            read_slot,
+            max_param,
+            sql,
+            targets,
+            shards,
+            columns,
+            store: std::ptr::null_mut(),
+            filled: false,
+        }));
+        (*node).run = run;
+        let callback = pg_sys::MemoryContextAllocZero(
+            (*estate).es_query_cxt,
+            std::mem::size_of::<pg_sys::MemoryContextCallback>(),
+        ) as *mut pg_sys::MemoryContextCallback;
+        (*callback).func = Some(free_runtime);
+        (*callback).arg = run.cast();
+        pg_sys::MemoryContextRegisterResetCallback((*estate).es_query_cxt, callback);
+    }
+}
+
+type Begun = (String, Vec<Target>, (usize, usize), Vec<Column>, i32);
+
+/// A table's rows (pull-up): the needed columns, filtered by the shipped clauses.
+unsafe fn begin_table(
+    css: *mut pg_sys::CustomScanState,
+    private: &PgList<pg_sys::Node>,
+    desc: pg_sys::TupleDesc,
+    estate: *mut pg_sys::EState,
+) -> Begun {
+    // SAFETY: our plan's private list (see planner::pullup) and scan state.
+    unsafe {
+        let cscan = (*css).ss.ps.plan as *mut pg_sys::CustomScan;
+        let schema = str_val(private.get_ptr(1).expect("schema"));
+        let name = str_val(private.get_ptr(2).expect("table"));
         let needed = PgList::<pg_sys::Node>::from_pg(
-            private.get_ptr(2).expect("columns") as *mut pg_sys::List
+            private.get_ptr(3).expect("columns") as *mut pg_sys::List
         );
-        let max_param = (*(private.get_ptr(3).expect("parameters") as *mut pg_sys::Integer)).ival;
+        let max_param = (*(private.get_ptr(4).expect("parameters") as *mut pg_sys::Integer)).ival;
         let relid = (*(*css).ss.ss_currentRelation).rd_id;
         let scanrelid = (*cscan).scan.scanrelid;
 
-        let desc = (*(*css).ss.ss_ScanTupleSlot).tts_tupleDescriptor;
         let mut columns = Vec::new();
         let mut select = Vec::new();
         for n in needed.iter_ptr() {
@@ -161,27 +206,48 @@ unsafe extern "C-unwind" fn begin(
             sql.push_str(" WHERE ");
             sql.push_str(&clauses.join(" AND "));
         }
-
         let (targets, shards) = targets(&schema, &name, relid, scanrelid, &quals, estate);
-        let read_slot = pg_sys::ExecInitExtraTupleSlot(estate, desc, &pg_sys::TTSOpsMinimalTuple);
-        let run = Box::into_raw(Box::new(Runtime {
-            read_slot,
-            max_param,
-            sql,
-            targets,
-            shards,
-            columns,
-            store: std::ptr::null_mut(),
-            filled: false,
-        }));
-        (*node).run = run;
-        let callback = pg_sys::MemoryContextAllocZero(
-            (*estate).es_query_cxt,
-            std::mem::size_of::<pg_sys::MemoryContextCallback>(),
-        ) as *mut pg_sys::MemoryContextCallback;
-        (*callback).func = Some(free_runtime);
-        (*callback).arg = run.cast();
-        pg_sys::MemoryContextRegisterResetCallback((*estate).es_query_cxt, callback);
+        (sql, targets, shards, columns, max_param)
+    }
+}
+
+/// A fragment's rows (pushdown): its SQL, run on every node holding shards.
+unsafe fn begin_fragment(
+    private: &PgList<pg_sys::Node>,
+    desc: pg_sys::TupleDesc,
+    estate: *mut pg_sys::EState,
+) -> Begun {
+    // SAFETY: our plan's private list (see planner::pushdown) and scan tuple descriptor.
+    unsafe {
+        let sql = str_val(private.get_ptr(1).expect("sql"));
+        let shard_count =
+            (*(private.get_ptr(2).expect("shard count") as *mut pg_sys::Integer)).ival;
+        let max_param = (*(private.get_ptr(3).expect("parameters") as *mut pg_sys::Integer)).ival;
+        let columns = (0..(*desc).natts as usize)
+            .map(|i| {
+                let attr = (*desc).attrs.as_ptr().add(i);
+                Column {
+                    attno: i + 1,
+                    input: TextInput::new(
+                        (*attr).atttypid,
+                        (*attr).atttypmod,
+                        (*estate).es_query_cxt,
+                    ),
+                }
+            })
+            .collect();
+        let map = metadata::placements(shard_count as u32);
+        let me = metadata::local_node_id();
+        let mut targets: Vec<Target> = metadata::nodes()
+            .into_iter()
+            .filter(|n| map.contains(&n.id))
+            .map(|n| Target {
+                local: n.id == me,
+                node: n,
+            })
+            .collect();
+        targets.sort_by_key(|t| t.local);
+        (sql, targets, (map.len(), map.len()), columns, max_param)
     }
 }
 
@@ -413,7 +479,7 @@ unsafe extern "C-unwind" fn explain(
             let value = CString::new(value).expect("no NUL");
             pg_sys::ExplainPropertyText(name.as_ptr(), value.as_ptr(), es);
         };
-        property(c"Routing", "pull-up");
+        property(c"Routing", &run.level);
         let nodes: Vec<String> = run
             .targets
             .iter()

@@ -2,11 +2,13 @@
 //!
 //! A statement whose distributed tables are pinned to one node runs whole there
 //! ([`super::router`]). Other writes to distributed tables need two-phase commit and are
-//! refused with a clear error; other reads are planned by PostgreSQL with each
-//! distributed table replaced by a `SynapseScan` ([`super::pullup`]). Partitionwise joins and aggregates are off while
-//! such a statement is planned (they would scan a distributed table's local partitions
-//! directly), and the finished plan is checked: a scan of a distributed table's partition
-//! anywhere outside a `SynapseScan` would give a partial answer, so it is an ERROR.
+//! refused with a clear error; other reads are split between the nodes and this one
+//! when that cannot change their answer ([`super::pushdown`]), or else planned by
+//! PostgreSQL with each distributed table replaced by a `SynapseScan` ([`super::pullup`]).
+//! Partitionwise joins and aggregates are off while such a statement is planned (they
+//! would scan a distributed table's local partitions directly), and the finished plan is
+//! checked: a scan of a distributed table's partition anywhere outside a `SynapseScan`
+//! would give a partial answer, so it is an ERROR.
 
 use std::os::raw::{c_char, c_int};
 
@@ -85,7 +87,15 @@ unsafe extern "C-unwind" fn planner(
             return unsafe { router::plan(parse, pins, node, relations) }
         }
         // SAFETY: a valid Query.
-        Route::Spread(why) => unsafe { refuse_writes(parse, &why) },
+        Route::Spread(why) => unsafe {
+            refuse_writes(parse, &why);
+            // Every node answers for its shards, this node combines the answers.
+            if let Some(master) = super::pushdown::split(parse) {
+                let stmt = standard(master, query_string, cursor_options, bound_params);
+                check_plan(stmt);
+                return stmt;
+            }
+        },
         Route::NotDistributed => {}
     }
     // SAFETY: the planner's own settings, restored below (also on error, by the GUC

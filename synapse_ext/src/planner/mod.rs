@@ -1,10 +1,13 @@
 //! Query routing: the planner hook and the paths that make a statement over distributed
 //! tables return what one server holding all their rows would return (DESIGN.md, "Query
-//! routing"). The levels so far: local and router ([`router`]: the statement needs one
-//! node's shards only, and runs whole there) and pull-up ([`pullup`]).
+//! routing"). The levels: local and router ([`router`]: the statement needs one node's
+//! shards only, and runs whole there), pushdown ([`pushdown`]: every node answers for
+//! its shards, this node combines) and pull-up ([`pullup`]: rows are fetched, this node
+//! does the rest).
 
 pub mod hook;
 pub mod pullup;
+pub mod pushdown;
 pub mod router;
 pub mod shippable;
 pub mod utility;

@@ -21,14 +21,14 @@ use crate::distribution::guard;
 
 static mut PREV_SET_REL_PATHLIST: pg_sys::set_rel_pathlist_hook_type = None;
 
-pub static PATH_METHODS: PathMethods = PathMethods(pg_sys::CustomPathMethods {
+static PATH_METHODS: PathMethods = PathMethods(pg_sys::CustomPathMethods {
     CustomName: c"SynapseScan".as_ptr(),
     PlanCustomPath: Some(plan_custom_path),
     ReparameterizeCustomPathByChild: None,
 });
 
 /// `CustomPathMethods` holds raw pointers; it is immutable and lives forever.
-pub struct PathMethods(pg_sys::CustomPathMethods);
+pub struct PathMethods(pub pg_sys::CustomPathMethods);
 // SAFETY: never mutated; PostgreSQL backends are single-threaded.
 unsafe impl Sync for PathMethods {}
 
@@ -52,6 +52,13 @@ unsafe extern "C-unwind" fn set_rel_pathlist(
         if let Some(prev) = PREV_SET_REL_PATHLIST {
             prev(root, rel, rti, rte);
         }
+        if super::routing_active()
+            && (*rel).reloptkind == pg_sys::RelOptKind::RELOPT_BASEREL
+            && super::pushdown::is_fragment_rows(rte)
+        {
+            super::pushdown::set_fragment_path(rel);
+            return;
+        }
         if !super::routing_active()
             // A base relation, or a member of a flattened UNION ALL.
             || !matches!(
@@ -66,20 +73,8 @@ unsafe extern "C-unwind" fn set_rel_pathlist(
         if !(*rte).tablesample.is_null() {
             not_supported("TABLESAMPLE on a distributed table");
         }
-        let path =
-            pg_sys::palloc0(std::mem::size_of::<pg_sys::CustomPath>()) as *mut pg_sys::CustomPath;
-        (*path).path.type_ = pg_sys::NodeTag::T_CustomPath;
-        (*path).path.pathtype = pg_sys::NodeTag::T_CustomScan;
-        (*path).path.parent = rel;
-        (*path).path.pathtarget = (*rel).reltarget;
-        let rows = estimated_rows(rel);
-        (*path).path.rows = rows;
-        (*path).path.startup_cost = 100.0;
-        (*path).path.total_cost = 100.0 + rows * (pg_sys::cpu_tuple_cost * 4.0);
-        (*path).methods = &PATH_METHODS.0;
-        (*rel).pathlist = std::ptr::null_mut();
-        (*rel).partial_pathlist = std::ptr::null_mut();
-        (*rel).rows = rows;
+        (*rel).rows = estimated_rows(rel);
+        let path = only_path(rel, &PATH_METHODS.0);
         // From here on the relation is one scan, not this node's partitions: no later
         // step may rebuild an Append over them (apply_scanjoin_target_to_paths does for
         // partitioned relations) or join them partition by partition.
@@ -89,6 +84,33 @@ unsafe extern "C-unwind" fn set_rel_pathlist(
         (*rel).part_rels = std::ptr::null_mut();
         (*rel).live_parts = std::ptr::null_mut();
         pg_sys::add_path(rel, path.cast());
+    }
+}
+
+/// A custom path for all of `rel`'s rows (`rel.rows`), which replaces every path it had;
+/// the caller adds it.
+///
+/// # Safety
+/// `rel` must be a valid relation being planned.
+pub unsafe fn only_path(
+    rel: *mut pg_sys::RelOptInfo,
+    methods: &'static pg_sys::CustomPathMethods,
+) -> *mut pg_sys::CustomPath {
+    // SAFETY: a valid relation; the path is palloc'd in the planner's context.
+    unsafe {
+        let path =
+            pg_sys::palloc0(std::mem::size_of::<pg_sys::CustomPath>()) as *mut pg_sys::CustomPath;
+        (*path).path.type_ = pg_sys::NodeTag::T_CustomPath;
+        (*path).path.pathtype = pg_sys::NodeTag::T_CustomScan;
+        (*path).path.parent = rel;
+        (*path).path.pathtarget = (*rel).reltarget;
+        (*path).path.rows = (*rel).rows;
+        (*path).path.startup_cost = 100.0;
+        (*path).path.total_cost = 100.0 + (*rel).rows * (pg_sys::cpu_tuple_cost * 4.0);
+        (*path).methods = methods;
+        (*rel).pathlist = std::ptr::null_mut();
+        (*rel).partial_pathlist = std::ptr::null_mut();
+        path
     }
 }
 
@@ -182,6 +204,7 @@ unsafe extern "C-unwind" fn plan_custom_path(
         (*cscan).scan.scanrelid = relid;
         (*cscan).custom_exprs = shipped.into_pg();
         let mut private = PgList::<pg_sys::Node>::new();
+        private.push(pg_sys::makeString(pstrdup("pull-up")).cast());
         private.push(pg_sys::makeString(pstrdup(&schema)).cast());
         private.push(pg_sys::makeString(pstrdup(&name)).cast());
         private.push(needed.into_pg().cast());

@@ -254,7 +254,7 @@ unsafe fn visit_relation(
 }
 
 /// The kind of a table in the distribution catalog, if any.
-fn metadata_kind(relid: pg_sys::Oid) -> Option<String> {
+pub(crate) fn metadata_kind(relid: pg_sys::Oid) -> Option<String> {
     let (schema, name) = crate::distribution::ddl::names(relid);
     if schema == "pg_catalog" || schema == "information_schema" {
         return None;
@@ -358,12 +358,7 @@ pub unsafe fn plan(
 ) -> *mut pg_sys::PlannedStmt {
     // SAFETY: valid planner input; every node is palloc'd in the planner's context.
     unsafe {
-        let sql = crate::distribution::ddl::with_qualified_names(|| {
-            let copy = pg_sys::copyObjectImpl(parse.cast()) as *mut pg_sys::Query;
-            CStr::from_ptr(pg_sys::pg_get_querydef(copy, false))
-                .to_string_lossy()
-                .into_owned()
-        });
+        let sql = crate::distribution::ddl::deparse_query(parse);
         let mut max_param = 0i32;
         query_tree_walker(
             parse,

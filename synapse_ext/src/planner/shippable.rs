@@ -32,7 +32,9 @@ fn builtin(oid: pg_sys::Oid) -> bool {
 }
 
 struct Context {
-    varno: u32,
+    /// The relation whose Vars may appear; `None`: any relation of the statement's own
+    /// level (a whole query part, see [`is_shippable_part`]).
+    varno: Option<u32>,
     max_param: i32,
 }
 
@@ -42,6 +44,22 @@ struct Context {
 /// # Safety
 /// `expr` must be a valid expression tree.
 pub unsafe fn is_shippable(expr: *mut pg_sys::Node, varno: u32, max_param: &mut i32) -> bool {
+    // SAFETY: as documented above.
+    unsafe { shippable(expr, Some(varno), max_param) }
+}
+
+/// Whether a part of a query (an expression, target entry or join tree over any of its
+/// relations, aggregates included) can be evaluated remotely; raises `max_param` to the
+/// highest parameter it uses. Whole-row references are refused: they print as `t.*`.
+///
+/// # Safety
+/// `expr` must be a valid tree of a query without sub-queries.
+pub unsafe fn is_shippable_part(expr: *mut pg_sys::Node, max_param: &mut i32) -> bool {
+    // SAFETY: as documented above.
+    unsafe { shippable(expr, None, max_param) }
+}
+
+unsafe fn shippable(expr: *mut pg_sys::Node, varno: Option<u32>, max_param: &mut i32) -> bool {
     // SAFETY: a valid tree, checked for mutable functions by PostgreSQL's own walker.
     if unsafe { pg_sys::contain_mutable_functions(expr) } {
         return false;
@@ -74,6 +92,15 @@ unsafe extern "C-unwind" fn walk(node: *mut pg_sys::Node, context: *mut c_void) 
     unsafe {
         let ctx = &mut *(context as *mut Context);
         use pg_sys::NodeTag::*;
+        // The structure of a query part: no values of its own.
+        if ctx.varno.is_none()
+            && matches!(
+                (*node).type_,
+                T_TargetEntry | T_FromExpr | T_JoinExpr | T_RangeTblRef | T_SortGroupClause
+            )
+        {
+            return expression_tree_walker(node, walk, context);
+        }
         // Lists and CASE arms carry no collation of their own.
         if !matches!((*node).type_, T_List | T_CaseWhen)
             && (!collation_ok(pg_sys::exprCollation(node))
@@ -84,9 +111,13 @@ unsafe extern "C-unwind" fn walk(node: *mut pg_sys::Node, context: *mut c_void) 
         match (*node).type_ {
             T_Var => {
                 let var = node as *mut pg_sys::Var;
-                if (*var).varno as u32 != ctx.varno
+                let attno_ok = match ctx.varno {
+                    Some(_) => (*var).varattno >= 0,
+                    None => (*var).varattno > 0,
+                };
+                if ctx.varno.is_some_and(|v| (*var).varno as u32 != v)
                     || (*var).varlevelsup != 0
-                    || (*var).varattno < 0
+                    || !attno_ok
                 {
                     return true;
                 }
@@ -112,6 +143,10 @@ unsafe extern "C-unwind" fn walk(node: *mut pg_sys::Node, context: *mut c_void) 
             T_FuncExpr => {
                 let f = node as *mut pg_sys::FuncExpr;
                 !builtin((*f).funcid) || expression_tree_walker(node, walk, context)
+            }
+            T_Aggref if ctx.varno.is_none() => {
+                let a = node as *mut pg_sys::Aggref;
+                !builtin((*a).aggfnoid) || expression_tree_walker(node, walk, context)
             }
             T_RelabelType | T_CoerceViaIO | T_ArrayCoerceExpr | T_CoerceToDomain => {
                 !builtin(pg_sys::exprType(node)) || expression_tree_walker(node, walk, context)

@@ -4,6 +4,7 @@
 
 pub mod hash;
 pub mod placement;
+pub mod sql_text;
 
 pub use hash::{shard_hash, shard_of, KeyValue, DEFAULT_SHARD_COUNT, MAX_SHARD_COUNT};
 pub use placement::{place_shards, Ring, DEFAULT_VNODES};
