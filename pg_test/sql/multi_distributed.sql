@@ -133,7 +133,14 @@ RESET synapse.fragment;
 ALTER TABLE orders RENAME TO orders2;
 ALTER TABLE orders RENAME COLUMN id TO order_id;
 COPY orders FROM '/dev/null';
-COPY orders TO STDOUT;
+-- COPY TO reads every node (as COPY (SELECT ...) TO).
+COPY orders (id, amount) TO '/tmp/synapse_regress_orders.copy';
+CREATE TEMP TABLE copied (id bigint, amount numeric);
+COPY copied FROM '/tmp/synapse_regress_orders.copy';
+SELECT count(*), sum(amount), count(DISTINCT id) FROM copied;
+SELECT count(*), sum(amount) FROM orders;
+COPY orders (nope) TO STDOUT;
+DROP TABLE copied;
 
 -- Bad input: clear errors, and the table stays as it was.
 \c - - - :node1_port

@@ -6,6 +6,7 @@
 //!   no deparser for DDL, and the text is sent unchanged);
 //! - `TRUNCATE` and `DROP TABLE` run here, then on every other node as statements built
 //!   from the tables' qualified names; `DROP` also removes the table from the catalog;
+//! - `COPY table TO` runs as `COPY (SELECT ... FROM table) TO`, which reads every node;
 //! - renaming the table or its shard key, `SET SCHEMA`, `CREATE INDEX CONCURRENTLY` and
 //!   `COPY` into a distributed table are refused with a clear error.
 //!
@@ -93,8 +94,8 @@ unsafe extern "C-unwind" fn process_utility(
     dest: *mut pg_sys::DestReceiver,
     qc: *mut pg_sys::QueryCompletion,
 ) {
-    let standard = || {
-        // SAFETY: PostgreSQL's arguments, passed on unchanged.
+    let run = |pstmt: *mut pg_sys::PlannedStmt| {
+        // SAFETY: PostgreSQL's arguments, passed on unchanged (or the statement replaced).
         unsafe {
             match PREV_UTILITY {
                 Some(prev) => prev(
@@ -120,6 +121,7 @@ unsafe extern "C-unwind" fn process_utility(
             }
         }
     };
+    let standard = || run(pstmt);
     if !super::routing_active() {
         return standard();
     }
@@ -127,6 +129,7 @@ unsafe extern "C-unwind" fn process_utility(
     let plan = unsafe { plan_utility(pstmt, query_string) };
     match plan {
         Utility::Untouched => standard(),
+        Utility::Replaced(other) => run(other),
         Utility::Everywhere {
             tables,
             remote,
@@ -158,6 +161,8 @@ unsafe extern "C-unwind" fn process_utility(
 enum Utility {
     /// Not about distributed or reference tables.
     Untouched,
+    /// Runs as this statement instead.
+    Replaced(*mut pg_sys::PlannedStmt),
     /// Run here, then `remote` on every other node; `drop` removes `tables` from the
     /// catalog.
     Everywhere {
@@ -165,6 +170,65 @@ enum Utility {
         remote: String,
         drop: bool,
     },
+}
+
+/// `COPY table [(columns)] TO ...` of a distributed table as `COPY (SELECT columns FROM
+/// table) TO ...`: the query reads every node (PostgreSQL itself copies a partitioned
+/// table only through a query). The statement is built as a parse tree, never as text.
+unsafe fn copy_to_as_query(
+    pstmt: *mut pg_sys::PlannedStmt,
+    copy: *mut pg_sys::CopyStmt,
+) -> *mut pg_sys::PlannedStmt {
+    // SAFETY: new raw parse tree nodes in the current memory context; the statement is
+    // copied, not changed.
+    unsafe {
+        unsafe fn node<T>(tag: pg_sys::NodeTag) -> *mut T {
+            // SAFETY: every node starts with its tag.
+            unsafe {
+                let n = pg_sys::palloc0(std::mem::size_of::<T>()) as *mut pg_sys::Node;
+                (*n).type_ = tag;
+                n.cast()
+            }
+        }
+        let column = |fields: *mut pg_sys::List| {
+            let c: *mut pg_sys::ColumnRef = node(pg_sys::NodeTag::T_ColumnRef);
+            (*c).fields = fields;
+            (*c).location = -1;
+            let r: *mut pg_sys::ResTarget = node(pg_sys::NodeTag::T_ResTarget);
+            (*r).val = c.cast();
+            (*r).location = -1;
+            r
+        };
+        let mut targets = PgList::<pg_sys::ResTarget>::new();
+        let columns = PgList::<pg_sys::Node>::from_pg((*copy).attlist);
+        if columns.is_empty() {
+            let mut star = PgList::<pg_sys::Node>::new();
+            star.push(node::<pg_sys::A_Star>(pg_sys::NodeTag::T_A_Star).cast());
+            targets.push(column(star.into_pg()));
+        } else {
+            for name in columns.iter_ptr() {
+                let mut one = PgList::<pg_sys::Node>::new();
+                one.push(pg_sys::copyObjectImpl(name.cast()).cast());
+                targets.push(column(one.into_pg()));
+            }
+        }
+        let select: *mut pg_sys::SelectStmt = node(pg_sys::NodeTag::T_SelectStmt);
+        (*select).targetList = targets.into_pg();
+        let mut from = PgList::<pg_sys::RangeVar>::new();
+        from.push(pg_sys::copyObjectImpl((*copy).relation.cast()).cast());
+        (*select).fromClause = from.into_pg();
+        (*select).limitOption = pg_sys::LimitOption::LIMIT_OPTION_DEFAULT;
+        (*select).op = pg_sys::SetOperation::SETOP_NONE;
+
+        let new_copy = pg_sys::copyObjectImpl(copy.cast()) as *mut pg_sys::CopyStmt;
+        (*new_copy).relation = std::ptr::null_mut();
+        (*new_copy).attlist = std::ptr::null_mut();
+        // A bare SelectStmt, as the grammar leaves it (DoCopy wraps it).
+        (*new_copy).query = select.cast();
+        let new_pstmt = pg_sys::copyObjectImpl(pstmt.cast()) as *mut pg_sys::PlannedStmt;
+        (*new_pstmt).utilityStmt = new_copy.cast();
+        new_pstmt
+    }
 }
 
 /// The text of this statement within the query string.
@@ -360,13 +424,7 @@ unsafe fn plan_utility(pstmt: *mut pg_sys::PlannedStmt, query_string: *const c_c
                     }
                 } else if let Some(t) = named((*s).relation) {
                     if t.kind == "distributed" {
-                        refuse(
-                            format!("COPY {} TO reads this node's shards only", t.name),
-                            &format!(
-                                "Use COPY (SELECT * FROM {}) TO ..., which reads every node.",
-                                ddl::qualified(&t.schema, &t.name)
-                            ),
-                        );
+                        return Utility::Replaced(copy_to_as_query(pstmt, s));
                     }
                 }
                 Utility::Untouched
