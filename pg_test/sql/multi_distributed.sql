@@ -124,6 +124,14 @@ SELECT count(DISTINCT customer) FROM orders;
 ALTER TABLE orders ADD COLUMN extra int DEFAULT 7;
 CREATE INDEX orders_amount ON orders (amount);
 SELECT count(*), sum(extra) FROM orders;
+-- Statements this session prepared on other nodes are retired when a table changes
+-- (a prepared statement refuses a new row type).
+SELECT customer FROM orders WHERE id = 17;
+SELECT max(customer) FROM orders;
+ALTER TABLE orders ALTER COLUMN customer TYPE varchar(20);
+SELECT customer FROM orders WHERE id = 17;
+SELECT max(customer), pg_typeof(max(customer)) FROM orders;
+ALTER TABLE orders ALTER COLUMN customer TYPE text;
 \c - - - :node3_port
 SET synapse.fragment = on;
 SELECT attname FROM pg_attribute WHERE attrelid = 'orders'::regclass AND attname = 'extra';

@@ -360,7 +360,7 @@ unsafe fn fill(node: *mut ScanNode, run: &mut Runtime) {
             pool::check_available(&t.node);
         }
         for t in run.targets.iter().filter(|t| !t.local) {
-            pool::in_transaction(&t.node, false, |c| c.send(&sql, &texts));
+            pool::in_transaction(&t.node, false, |c| c.send_prepared(&sql, &texts));
         }
         if run.targets.iter().any(|t| t.local) {
             read_local(node, run, &params);
@@ -395,21 +395,17 @@ unsafe fn read_local(node: *mut ScanNode, run: &mut Runtime, params: &Params) {
     // SAFETY: SPI is connected and finished here; tuples are copied into the tuplestore
     // before SPI frees them.
     unsafe {
-        let sql = CString::new(run.sql.as_str()).expect("no NUL in SQL");
         pg_sys::SPI_connect();
-        let mut types = params.types.clone();
         let mut values = params.values.clone();
         let nulls = params.spi_nulls();
         let portal = guard::bypassed(|| {
-            pg_sys::SPI_cursor_open_with_args(
+            let plan = crate::pg::plans::kept(&run.sql, &params.types);
+            pg_sys::SPI_cursor_open(
                 std::ptr::null(),
-                sql.as_ptr(),
-                types.len() as i32,
-                types.as_mut_ptr(),
+                plan,
                 values.as_mut_ptr(),
                 nulls.as_ptr(),
                 true,
-                0,
             )
         });
         let slot = (*node).css.ss.ss_ScanTupleSlot;

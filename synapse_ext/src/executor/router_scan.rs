@@ -230,21 +230,12 @@ unsafe fn fill(node: *mut RouterNode, run: &mut Runtime) {
         let slot = (*node).css.ss.ss_ScanTupleSlot;
         let target = run.target.clone().expect("a node to run on");
         if run.local {
-            let sql = CString::new(run.sql.as_str()).expect("no NUL in SQL");
-            let mut types = params.types.clone();
             let mut values = params.values.clone();
             let nulls = params.spi_nulls();
             pg_sys::SPI_connect();
             let code = guard::bypassed(|| {
-                pg_sys::SPI_execute_with_args(
-                    sql.as_ptr(),
-                    types.len() as i32,
-                    types.as_mut_ptr(),
-                    values.as_mut_ptr(),
-                    nulls.as_ptr(),
-                    !run.writes,
-                    0,
-                )
+                let plan = crate::pg::plans::kept(&run.sql, &params.types);
+                pg_sys::SPI_execute_plan(plan, values.as_mut_ptr(), nulls.as_ptr(), !run.writes, 0)
             });
             if code < 0 {
                 pgrx::error!(
@@ -278,7 +269,7 @@ unsafe fn fill(node: *mut RouterNode, run: &mut Runtime) {
         } else {
             let texts = params.text_refs();
             let sql = run.sql.clone();
-            let rows = pool::in_transaction(&target, run.writes, |c| c.exec(&sql, &texts));
+            let rows = pool::in_transaction(&target, run.writes, |c| c.exec_prepared(&sql, &texts));
             let econtext = (*node).css.ss.ps.ps_ExprContext;
             for row in rows.rows {
                 let old = pg_sys::MemoryContextSwitchTo((*econtext).ecxt_per_tuple_memory);

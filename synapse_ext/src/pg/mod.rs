@@ -3,6 +3,7 @@
 //! Everything here runs on a process's main thread.
 
 pub mod local_rpc;
+pub mod plans;
 pub mod signals;
 pub mod spi;
 pub mod wait;

@@ -26,6 +26,7 @@ pub fn install() {
     hook::install();
     pullup::install();
     utility::install();
+    crate::remote::connection::install();
     crate::executor::remote_scan::register();
     crate::executor::router_scan::register();
 }

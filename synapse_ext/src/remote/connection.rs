@@ -6,6 +6,7 @@
 //! a wait, the remote statement is cancelled first and the connection marked broken (its
 //! protocol state is unknown), then `CHECK_FOR_INTERRUPTS()` raises the interrupt.
 
+use std::collections::HashMap;
 use std::ffi::{CStr, CString};
 use std::os::raw::{c_char, c_int};
 use std::path::Path;
@@ -189,6 +190,39 @@ enum Want {
     ReadWrite,
 }
 
+/// Statements prepared per connection at most.
+pub const MAX_PREPARED: usize = 200;
+
+thread_local! {
+    /// Bumped whenever a relation's definition may have changed in this backend's view;
+    /// a connection whose statements were prepared before deallocates them.
+    static PREPARED_GENERATION: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Registers the relcache callback that retires prepared statements (from `_PG_init`;
+/// backends inherit it).
+pub fn install() {
+    // SAFETY: _PG_init, once, in the postmaster.
+    unsafe {
+        pg_sys::CacheRegisterRelcacheCallback(Some(relation_changed), pg_sys::Datum::from(0))
+    };
+}
+
+/// A table changed (an `ALTER TABLE` of a distributed table reaches every node, and
+/// this node's own copy sends the invalidation): statements prepared before may return
+/// a different row type, which a prepared statement refuses. No catalog access here.
+#[pg_guard]
+unsafe extern "C-unwind" fn relation_changed(_arg: pg_sys::Datum, _relid: pg_sys::Oid) {
+    PREPARED_GENERATION.with(|g| g.set(g.get() + 1));
+}
+
+/// What a pipeline sent: how many statements' results precede its sync, and the
+/// prepared statement it runs (SQL, name, whether it prepares it too).
+struct Pipeline {
+    results: usize,
+    statement: Option<(String, String, bool)>,
+}
+
 /// A connection to one node.
 pub struct Connection {
     conn: *mut pq::PGconn,
@@ -197,8 +231,15 @@ pub struct Connection {
     pub broken: bool,
     /// A `BEGIN` to send with the next statement, in the same round trip.
     pub pending_begin: Option<String>,
-    /// The statement in flight went in a pipeline after its `BEGIN`.
-    pipelined: bool,
+    /// The statement in flight went in a pipeline: what to read before its sync.
+    pipeline: Option<Pipeline>,
+    /// Statements prepared in the remote session (SQL → statement name): parsed once
+    /// there, and planned by its plan cache.
+    prepared: HashMap<String, String>,
+    /// Names given so far (a name is never reused).
+    names: u64,
+    /// `PREPARED_GENERATION` when `prepared` was last valid.
+    generation: u64,
     /// A statement's answer (a read-only COMMIT) is still to be read before the next use.
     unread: bool,
 }
@@ -258,7 +299,10 @@ impl Connection {
             target: target.clone(),
             broken: false,
             pending_begin: None,
-            pipelined: false,
+            pipeline: None,
+            prepared: HashMap::new(),
+            names: 0,
+            generation: PREPARED_GENERATION.with(|g| g.get()),
             unread: false,
         };
         let deadline = Instant::now() + timeout;
@@ -325,20 +369,120 @@ impl Connection {
                 return self.send_one(&format!("{begin};\n{sql}"), params);
             }
             // With parameters: BEGIN and the statement in one pipeline, one round trip.
-            // SAFETY: a live, idle connection.
-            if unsafe { pq::PQenterPipelineMode(self.conn) } != 1 {
-                return Err(self.lost());
-            }
-            self.pipelined = true;
+            self.enter_pipeline()?;
             self.send_params(&begin, &[])?;
             self.send_params(sql, params)?;
-            // SAFETY: a live connection in pipeline mode.
-            if unsafe { pq::PQpipelineSync(self.conn) } != 1 {
-                return Err(self.lost());
-            }
-            return self.flush();
+            return self.sync(2, None);
         }
         self.send_one(sql, params)
+    }
+
+    /// Like [`Connection::send`] for one statement that runs again and again (a routed
+    /// statement, a fragment): prepared in the remote session the first time, then only
+    /// executed. Up to [`MAX_PREPARED`] statements per connection; others are sent as
+    /// they are.
+    pub fn send_prepared(&mut self, sql: &str, params: &[Option<&str>]) -> Result<(), RemoteError> {
+        let generation = PREPARED_GENERATION.with(|g| g.get());
+        let retire = generation != self.generation && !self.prepared.is_empty();
+        if generation != self.generation {
+            self.prepared.clear();
+            self.generation = generation;
+        }
+        let known = self.prepared.get(sql).cloned();
+        if known.is_none() && self.prepared.len() >= MAX_PREPARED {
+            return self.send(sql, params);
+        }
+        self.read_unread()?;
+        let begin = self.pending_begin.take();
+        self.enter_pipeline()?;
+        let mut results = 0;
+        if let Some(begin) = begin {
+            self.send_params(&begin, &[])?;
+            results += 1;
+        }
+        if retire {
+            self.send_params("DEALLOCATE ALL", &[])?;
+            results += 1;
+        }
+        let (name, fresh) = match known {
+            Some(name) => (name, false),
+            None => {
+                self.names += 1;
+                let name = format!("synapse_{}", self.names);
+                let (c_name, c_sql) = (cstring(&name), cstring(sql));
+                // SAFETY: a live connection in pipeline mode; libpq copies the strings.
+                let sent = unsafe {
+                    pq::PQsendPrepare(
+                        self.conn,
+                        c_name.as_ptr(),
+                        c_sql.as_ptr(),
+                        params.len() as c_int,
+                        ptr::null(),
+                    )
+                };
+                if sent == 0 {
+                    return Err(self.lost());
+                }
+                results += 1;
+                (name, true)
+            }
+        };
+        let values: Vec<Option<CString>> = params.iter().map(|p| p.map(cstring)).collect();
+        let ptrs: Vec<*const c_char> = values
+            .iter()
+            .map(|v| v.as_ref().map_or(ptr::null(), |v| v.as_ptr()))
+            .collect();
+        let c_name = cstring(&name);
+        // SAFETY: a live connection in pipeline mode; all strings outlive the call.
+        let sent = unsafe {
+            pq::PQsendQueryPrepared(
+                self.conn,
+                c_name.as_ptr(),
+                ptrs.len() as c_int,
+                ptrs.as_ptr(),
+                ptr::null(),
+                ptr::null(),
+                0,
+            )
+        };
+        if sent == 0 {
+            return Err(self.lost());
+        }
+        results += 1;
+        self.sync(results, Some((sql.to_owned(), name, fresh)))
+    }
+
+    /// [`Connection::send_prepared`], then [`Connection::finish`].
+    pub fn exec_prepared(
+        &mut self,
+        sql: &str,
+        params: &[Option<&str>],
+    ) -> Result<Rows, RemoteError> {
+        self.send_prepared(sql, params)?;
+        self.finish(None)
+    }
+
+    fn enter_pipeline(&mut self) -> Result<(), RemoteError> {
+        // SAFETY: a live, idle connection.
+        if unsafe { pq::PQenterPipelineMode(self.conn) } != 1 {
+            return Err(self.lost());
+        }
+        Ok(())
+    }
+
+    /// Ends the pipeline of `results` statements (the last one the caller's; a
+    /// statement being prepared the one before it) and sends it.
+    fn sync(
+        &mut self,
+        results: usize,
+        statement: Option<(String, String, bool)>,
+    ) -> Result<(), RemoteError> {
+        self.pipeline = Some(Pipeline { results, statement });
+        // SAFETY: a live connection in pipeline mode.
+        if unsafe { pq::PQpipelineSync(self.conn) } != 1 {
+            return Err(self.lost());
+        }
+        self.flush()
     }
 
     fn send_one(&mut self, sql: &str, params: &[Option<&str>]) -> Result<(), RemoteError> {
@@ -384,11 +528,27 @@ impl Connection {
     /// Waits for the results of the statement sent last; returns the rows of the last
     /// result, or the first error.
     pub fn finish(&mut self, deadline: Option<Instant>) -> Result<Rows, RemoteError> {
-        if self.pipelined {
-            self.pipelined = false;
-            // The BEGIN's results, the statement's, then the pipeline's sync.
-            let begun = self.results(deadline);
-            let done = self.results(deadline);
+        if let Some(pipeline) = self.pipeline.take() {
+            // Each statement's results, then the pipeline's sync. After an error the
+            // rest report PGRES_PIPELINE_ABORTED: the first error is the one to report.
+            let mut first_error = None;
+            let mut last = Rows::default();
+            for i in 0..pipeline.results {
+                match self.results(deadline) {
+                    Ok(rows) => {
+                        if i + 2 == pipeline.results {
+                            if let Some((sql, name, true)) = &pipeline.statement {
+                                self.prepared.insert(sql.clone(), name.clone());
+                            }
+                        }
+                        last = rows;
+                    }
+                    Err(e) if e.connection_lost => return Err(e),
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
             let synced = self.next_result(deadline)?;
             let synced =
                 synced.is_some_and(|r| r.status() == pq::ExecStatusType::PGRES_PIPELINE_SYNC);
@@ -396,8 +556,20 @@ impl Connection {
             if !synced || unsafe { pq::PQexitPipelineMode(self.conn) } != 1 {
                 self.broken = true;
             }
-            begun?;
-            return done;
+            return match first_error {
+                Some(e) => {
+                    // A prepared statement whose plan cannot serve any more (its result
+                    // type changed with an ALTER TABLE: 0A000) or that is gone (26000)
+                    // is prepared anew under a new name next time.
+                    if let Some((sql, _, false)) = &pipeline.statement {
+                        if e.sqlstate == "0A000" || e.sqlstate == "26000" {
+                            self.prepared.remove(sql);
+                        }
+                    }
+                    Err(e)
+                }
+                None => Ok(last),
+            };
         }
         self.results(deadline)
     }
