@@ -43,7 +43,8 @@ pub struct Params {
 }
 
 impl Params {
-    pub unsafe fn of(list: pg_sys::ParamListInfo, max: i32) -> Params {
+    /// Parameters $1..$max of `list`; their text (for other nodes) only if `text`.
+    pub unsafe fn of(list: pg_sys::ParamListInfo, max: i32, text: bool) -> Params {
         let mut p = Params {
             types: vec![],
             values: vec![],
@@ -64,8 +65,8 @@ impl Params {
                 p.values.push(param.value);
                 p.nulls
                     .push(param.isnull || param.ptype == pg_sys::Oid::INVALID);
-                p.texts
-                    .push(if param.isnull || param.ptype == pg_sys::Oid::INVALID {
+                p.texts.push(
+                    if !text || param.isnull || param.ptype == pg_sys::Oid::INVALID {
                         None
                     } else {
                         let mut out = pg_sys::Oid::INVALID;
@@ -73,7 +74,8 @@ impl Params {
                         pg_sys::getTypeOutputInfo(param.ptype, &mut out, &mut varlena);
                         let text = pg_sys::OidOutputFunctionCall(out, param.value);
                         Some(CStr::from_ptr(text).to_string_lossy().into_owned())
-                    });
+                    },
+                );
             }
         }
         p

@@ -352,7 +352,8 @@ unsafe fn fill(node: *mut ScanNode, run: &mut Runtime) {
         run.store = pg_sys::tuplestore_begin_heap(false, false, pg_sys::work_mem);
         pg_sys::MemoryContextSwitchTo(old);
 
-        let params = Params::of((*estate).es_param_list_info, run.max_param);
+        let remote = run.targets.iter().any(|t| !t.local);
+        let params = Params::of((*estate).es_param_list_info, run.max_param, remote);
         let texts = params.text_refs();
         let sql = run.sql.clone();
         // An unavailable node fails the scan before any node is asked.

@@ -11,6 +11,7 @@ use pgrx::PgList;
 
 use super::common::{clear, Params, TextInput};
 use crate::distribution::{guard, metadata, pins};
+use crate::planner::router;
 use crate::remote::connection::NodeTarget;
 use crate::remote::pool;
 
@@ -115,6 +116,7 @@ unsafe extern "C-unwind" fn begin(
             PgList::<pg_sys::Node>::from_pg(private.get_ptr(4).expect("pins") as *mut pg_sys::List);
 
         let explain_only = eflags & pg_sys::EXEC_FLAG_EXPLAIN_ONLY as i32 != 0;
+        let mut shard = None;
         let node_id = if fixed >= 0 {
             Some(fixed)
         } else {
@@ -124,12 +126,13 @@ unsafe extern "C-unwind" fn begin(
                 let count = int_val(pin.get_ptr(0).expect("shard count")) as u32;
                 let value = pin.get_ptr(1).expect("value");
                 match pins::shard_of_value(value, (*estate).es_param_list_info, count) {
-                    Some(shard) => ids.push(
+                    Some(pinned) => ids.push({
+                        let shard = shard.insert(pinned);
                         metadata::placements(count)
-                            .get(shard as usize)
+                            .get(*shard as usize)
                             .copied()
-                            .unwrap_or(-1),
-                    ),
+                            .unwrap_or(-1)
+                    }),
                     None if explain_only => {}
                     None => pgrx::error!("synapse: a shard key parameter has no value"),
                 }
@@ -153,10 +156,18 @@ unsafe extern "C-unwind" fn begin(
             pgrx::error!("synapse: the node of a shard is not a member of the cluster");
         }
         let local = target.as_ref().is_some_and(|t| t.id == me);
+        // Here, a statement over one shard of one table runs on its partition.
+        let one_table = private.get_ptr(5).map_or(0, int_val);
+        let sql = match (local && one_table > 0 && pin_list.len() == 1, shard) {
+            (true, Some(shard)) => partition_sql(&sql, private.get_ptr(6), one_table as u32, shard),
+            _ => sql,
+        };
 
         let desc = (*(*css).ss.ss_ScanTupleSlot).tts_tupleDescriptor;
         let mut columns = Vec::new();
-        for i in 0..(*desc).natts as usize {
+        // Only another node's rows arrive as text.
+        let natts = if local { 0 } else { (*desc).natts as usize };
+        for i in 0..natts {
             let attr = (*desc).attrs.as_ptr().add(i);
             columns.push(TextInput::new(
                 (*attr).atttypid,
@@ -185,6 +196,50 @@ unsafe extern "C-unwind" fn begin(
         (*callback).arg = run.cast();
         pg_sys::MemoryContextRegisterResetCallback((*estate).es_query_cxt, callback);
     }
+}
+
+thread_local! {
+    /// Partition SQL by (table SQL, shard): deparsed once per backend (and again after
+    /// a relation changed).
+    static PARTITION_SQL: std::cell::RefCell<(u64, std::collections::HashMap<(String, u32), String>)> =
+        std::cell::RefCell::new((0, std::collections::HashMap::new()));
+}
+
+/// The statement's SQL on shard `shard`'s partition (see `router::partition_sql`), or
+/// `sql` itself if there is none.
+unsafe fn partition_sql(
+    sql: &str,
+    query: Option<*mut pg_sys::Node>,
+    rtindex: u32,
+    shard: u32,
+) -> String {
+    let key = (sql.to_owned(), shard);
+    let generation = crate::remote::connection::relations_generation();
+    let found = PARTITION_SQL.with(|m| {
+        let mut m = m.borrow_mut();
+        if m.0 != generation {
+            *m = (generation, Default::default());
+        }
+        m.1.get(&key).cloned()
+    });
+    if let Some(found) = found {
+        return found;
+    }
+    let Some(query) = query else {
+        return sql.to_owned();
+    };
+    // SAFETY: the statement's Query, kept in the plan.
+    let Some(text) = (unsafe { router::partition_sql(query.cast(), rtindex, shard) }) else {
+        return sql.to_owned();
+    };
+    PARTITION_SQL.with(|m| {
+        let mut m = m.borrow_mut();
+        if m.1.len() >= 1024 {
+            m.1.clear();
+        }
+        m.1.insert(key, text.clone());
+    });
+    text
 }
 
 #[pg_guard]
@@ -226,7 +281,7 @@ unsafe fn fill(node: *mut RouterNode, run: &mut Runtime) {
         let old = pg_sys::MemoryContextSwitchTo((*estate).es_query_cxt);
         run.store = pg_sys::tuplestore_begin_heap(false, false, pg_sys::work_mem);
         pg_sys::MemoryContextSwitchTo(old);
-        let params = Params::of((*estate).es_param_list_info, run.max_param);
+        let params = Params::of((*estate).es_param_list_info, run.max_param, !run.local);
         let slot = (*node).css.ss.ss_ScanTupleSlot;
         let target = run.target.clone().expect("a node to run on");
         if run.local {
@@ -248,7 +303,7 @@ unsafe fn fill(node: *mut RouterNode, run: &mut Runtime) {
                 for i in 0..n {
                     let tuple = *(*table).vals.add(i);
                     clear(slot);
-                    for j in 0..run.columns.len() {
+                    for j in 0..(*(*slot).tts_tupleDescriptor).natts as usize {
                         let mut isnull = false;
                         *(*slot).tts_values.add(j) = pg_sys::SPI_getbinval(
                             tuple,

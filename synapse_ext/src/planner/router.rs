@@ -404,12 +404,20 @@ pub unsafe fn plan(
         }
 
         let mut pin_list = PgList::<pg_sys::Node>::new();
+        let pin_count = pins.len();
         for pin in pins {
             let mut one = PgList::<pg_sys::Node>::new();
             one.push(pg_sys::makeInteger(pin.shard_count as i32).cast());
             one.push(pg_sys::copyObjectImpl(pin.value.cast()) as *mut pg_sys::Node);
             pin_list.push(one.into_pg().cast());
         }
+        // A statement over one distributed table pinned to one shard can run on that
+        // shard's partition when the shard turns out to be here (a generic plan).
+        let one_table = if node.is_none() && pin_count == 1 {
+            single_distributed_table(parse)
+        } else {
+            0
+        };
         let writes = command != pg_sys::CmdType::CMD_SELECT;
         let mut private = PgList::<pg_sys::Node>::new();
         private.push(pg_sys::makeString(super::pullup::pstrdup(&sql)).cast());
@@ -419,13 +427,20 @@ pub unsafe fn plan(
             pg_sys::makeString(super::pullup::pstrdup(&node.unwrap_or(-1).to_string())).cast(),
         );
         private.push(pin_list.into_pg().cast());
+        private.push(pg_sys::makeInteger(one_table as i32).cast());
+        if one_table > 0 {
+            private.push(pg_sys::copyObjectImpl(parse.cast()) as *mut pg_sys::Node);
+        }
 
         let cscan =
             pg_sys::palloc0(std::mem::size_of::<pg_sys::CustomScan>()) as *mut pg_sys::CustomScan;
         (*cscan).scan.plan.type_ = pg_sys::NodeTag::T_CustomScan;
         (*cscan).scan.plan.targetlist = tlist.into_pg();
-        (*cscan).scan.plan.startup_cost = 100.0;
-        (*cscan).scan.plan.total_cost = 100.0;
+        // Cheap: a prepared statement should keep this (generic) plan, resolving the
+        // node at run time, rather than plan every execution anew (PostgreSQL's plan
+        // cache compares it with the custom plans' cost plus their planning).
+        (*cscan).scan.plan.startup_cost = 0.0;
+        (*cscan).scan.plan.total_cost = 1.0;
         (*cscan).scan.plan.plan_rows = 1.0;
         (*cscan).scan.scanrelid = 0;
         (*cscan).custom_scan_tlist = scan_tlist.into_pg();
@@ -452,6 +467,66 @@ pub unsafe fn plan(
         (*stmt).stmt_location = (*parse).stmt_location;
         (*stmt).stmt_len = (*parse).stmt_len;
         stmt
+    }
+}
+
+/// The range table index of the statement's one distributed table, if it reads no other
+/// relation and has no sub-queries; else 0.
+unsafe fn single_distributed_table(parse: *mut pg_sys::Query) -> u32 {
+    // SAFETY: a valid Query.
+    unsafe {
+        let q = &*parse;
+        if q.hasSubLinks || !q.cteList.is_null() || !q.setOperations.is_null() {
+            return 0;
+        }
+        let mut found = 0;
+        for (i, rte) in PgList::<pg_sys::RangeTblEntry>::from_pg(q.rtable)
+            .iter_ptr()
+            .enumerate()
+        {
+            match (*rte).rtekind {
+                pg_sys::RTEKind::RTE_RELATION => {
+                    if found != 0 || !guard::is_distributed((*rte).relid) {
+                        return 0;
+                    }
+                    found = i as u32 + 1;
+                }
+                pg_sys::RTEKind::RTE_SUBQUERY | pg_sys::RTEKind::RTE_CTE => return 0,
+                _ => {}
+            }
+        }
+        found
+    }
+}
+
+/// The SQL of a statement routed to one shard, run on that shard's partition instead of
+/// its table: PostgreSQL plans it once for all executions (over the table, a generic
+/// plan would lock every partition and a custom plan is planned every time). `None` if
+/// the partition is not here.
+///
+/// # Safety
+/// `query` must be the statement's Query, `rtindex` its distributed table's entry.
+pub unsafe fn partition_sql(query: *mut pg_sys::Query, rtindex: u32, shard: u32) -> Option<String> {
+    // SAFETY: a copy of a valid Query; catalog lookups.
+    unsafe {
+        let copy = pg_sys::copyObjectImpl(query.cast()) as *mut pg_sys::Query;
+        let rte = PgList::<pg_sys::RangeTblEntry>::from_pg((*copy).rtable)
+            .get_ptr(rtindex as usize - 1)?;
+        let (schema, name) = crate::distribution::ddl::names((*rte).relid);
+        let partition = std::ffi::CString::new(crate::distribution::operations::partition_name(
+            &name, shard,
+        ))
+        .ok()?;
+        let schema = std::ffi::CString::new(schema).ok()?;
+        let namespace = pg_sys::get_namespace_oid(schema.as_ptr(), true);
+        let oid = pg_sys::get_relname_relid(partition.as_ptr(), namespace);
+        if oid == pg_sys::InvalidOid {
+            return None;
+        }
+        (*rte).relid = oid;
+        (*rte).inh = false;
+        (*rte).relkind = pg_sys::RELKIND_RELATION as std::os::raw::c_char;
+        Some(crate::distribution::ddl::deparse_query(copy))
     }
 }
 

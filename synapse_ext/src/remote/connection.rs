@@ -199,6 +199,12 @@ thread_local! {
     static PREPARED_GENERATION: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
+/// A number that changes whenever a relation's definition may have changed (what was
+/// derived from definitions before is stale).
+pub fn relations_generation() -> u64 {
+    PREPARED_GENERATION.with(|g| g.get())
+}
+
 /// Registers the relcache callback that retires prepared statements (from `_PG_init`;
 /// backends inherit it).
 pub fn install() {
