@@ -140,7 +140,38 @@ RESET synapse.fragment;
 \c - - - :node1_port
 ALTER TABLE orders RENAME TO orders2;
 ALTER TABLE orders RENAME COLUMN id TO order_id;
-COPY orders FROM '/dev/null';
+-- COPY FROM sends each row to the node of its shard (in any COPY format); rows for
+-- several nodes need two-phase commit: refused, nothing written.
+CREATE TABLE copy_in (id int PRIMARY KEY, name text, n numeric DEFAULT 7,
+                      twice int GENERATED ALWAYS AS (id * 2) STORED);
+SELECT synapse.create_distributed_table('copy_in', 'id', 16);
+COPY (SELECT id, 'name ' || id FROM generate_series(1, 200) id
+      WHERE (SELECT node FROM synapse.placements
+             WHERE table_name = 'public.copy_in' AND shard = synapse.shard_of(id, 16)) = 'node2')
+  TO '/tmp/synapse_regress_copy_node2.txt';
+COPY (SELECT id, 'name ' || id, -id FROM generate_series(1, 200) id
+      WHERE (SELECT node FROM synapse.placements
+             WHERE table_name = 'public.copy_in' AND shard = synapse.shard_of(id, 16)) = 'node1')
+  TO '/tmp/synapse_regress_copy_node1.csv' WITH (FORMAT csv, HEADER);
+COPY copy_in (id, name) FROM '/tmp/synapse_regress_copy_node2.txt';
+COPY copy_in (id, name, n) FROM '/tmp/synapse_regress_copy_node1.csv' WITH (FORMAT csv, HEADER);
+SELECT count(*), sum(id), sum(twice) = 2 * sum(id) AS generated, count(*) FILTER (WHERE n = 7) AS defaulted
+  FROM copy_in;
+SELECT count(*) AS misplaced FROM copy_in c
+  JOIN synapse.placements p ON p.table_name = 'public.copy_in' AND p.shard = synapse.shard_of(c.id, 16)
+ WHERE (p.node = 'node1') <> (c.n < 0);
+COPY (SELECT id + 1000, 'x' FROM generate_series(1, 50) id) TO '/tmp/synapse_regress_copy_all.txt';
+COPY copy_in (id, name) FROM '/tmp/synapse_regress_copy_all.txt';
+COPY copy_in (id, name) FROM PROGRAM 'printf "7\tok\nseven\tbad\n"';
+SELECT count(*) FROM copy_in;
+\c - - - :node2_port
+SET synapse.fragment = on;
+SELECT count(*) AS on_node2 FROM copy_in;
+RESET synapse.fragment;
+\c - - - :node1_port
+DROP TABLE copy_in;
+-- Errors of statements synapse passes on keep their CONTEXT.
+DO $$ BEGIN RAISE EXCEPTION 'from a DO block'; END $$;
 -- COPY TO reads every node (as COPY (SELECT ...) TO).
 COPY orders (id, amount) TO '/tmp/synapse_regress_orders.copy';
 CREATE TEMP TABLE copied (id bigint, amount numeric);

@@ -1,7 +1,9 @@
 //! Distributed and reference tables on the PostgreSQL side: shard keys and their operator
 //! classes, the table definitions sent to other nodes, the operations that (un)distribute
-//! tables, sizes per node, and the planner guard that keeps partial answers out.
+//! tables, COPY into them, sizes per node, and the planner guard that keeps partial
+//! answers out.
 
+pub mod copy_from;
 pub mod ddl;
 pub mod guard;
 pub mod metadata;

@@ -198,10 +198,13 @@ unsafe extern "C-unwind" fn begin(
     }
 }
 
+/// Partition SQL by (table SQL, shard), with the relations generation it was made in.
+type PartitionSqlCache = (u64, std::collections::HashMap<(String, u32), String>);
+
 thread_local! {
     /// Partition SQL by (table SQL, shard): deparsed once per backend (and again after
     /// a relation changed).
-    static PARTITION_SQL: std::cell::RefCell<(u64, std::collections::HashMap<(String, u32), String>)> =
+    static PARTITION_SQL: std::cell::RefCell<PartitionSqlCache> =
         std::cell::RefCell::new((0, std::collections::HashMap::new()));
 }
 

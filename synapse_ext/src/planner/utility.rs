@@ -8,7 +8,8 @@
 //!   from the tables' qualified names; `DROP` also removes the table from the catalog;
 //! - `COPY table TO` runs as `COPY (SELECT ... FROM table) TO`, which reads every node;
 //! - renaming the table or its shard key, `SET SCHEMA`, `CREATE INDEX CONCURRENTLY` and
-//!   `COPY` into a distributed table are refused with a clear error.
+//!   `COPY` into a reference table are refused with a clear error;
+//! - `COPY table FROM` sends each row to its shard's node (`distribution::copy_from`).
 //!
 //! Like synapse's own operations these change every node in one transaction: the other
 //! nodes' parts are prepared at commit and committed after the local commit.
@@ -48,6 +49,7 @@ fn refuse(message: String, hint: &str) -> ! {
 
 /// A distributed or reference table named in a statement.
 struct Named {
+    oid: pg_sys::Oid,
     schema: String,
     name: String,
     kind: String,
@@ -75,6 +77,7 @@ unsafe fn named(rv: *mut pg_sys::RangeVar) -> Option<Named> {
             return None;
         }
         metadata::table_entry(&schema, &name).map(|e| Named {
+            oid,
             schema,
             name,
             kind: e.kind,
@@ -82,8 +85,26 @@ unsafe fn named(rv: *mut pg_sys::RangeVar) -> Option<Named> {
     }
 }
 
+extern "C-unwind" {
+    // PostgreSQL's own, called without pgrx's error boundary (see process_utility).
+    #[link_name = "standard_ProcessUtility"]
+    fn standard_process_utility(
+        pstmt: *mut pg_sys::PlannedStmt,
+        query_string: *const c_char,
+        read_only_tree: bool,
+        context: pg_sys::ProcessUtilityContext::Type,
+        params: pg_sys::ParamListInfo,
+        query_env: *mut pg_sys::QueryEnvironment,
+        dest: *mut pg_sys::DestReceiver,
+        qc: *mut pg_sys::QueryCompletion,
+    );
+}
+
+/// The hook. Statements synapse leaves alone go straight on to the next hook or to
+/// PostgreSQL: an error there reaches the client with its CONTEXT lines (the line of a
+/// DO block, of a COPY input), which pgrx's error boundary would drop. This frame holds
+/// nothing to drop, so PostgreSQL's error longjmp may cross it.
 #[allow(clippy::too_many_arguments)]
-#[pg_guard]
 unsafe extern "C-unwind" fn process_utility(
     pstmt: *mut pg_sys::PlannedStmt,
     query_string: *const c_char,
@@ -94,6 +115,58 @@ unsafe extern "C-unwind" fn process_utility(
     dest: *mut pg_sys::DestReceiver,
     qc: *mut pg_sys::QueryCompletion,
 ) {
+    // SAFETY: PostgreSQL's arguments, passed on unchanged.
+    unsafe {
+        if handled(
+            pstmt,
+            query_string,
+            read_only_tree,
+            context,
+            params,
+            query_env,
+            dest,
+            qc,
+        ) {
+            return;
+        }
+        match PREV_UTILITY {
+            Some(prev) => prev(
+                pstmt,
+                query_string,
+                read_only_tree,
+                context,
+                params,
+                query_env,
+                dest,
+                qc,
+            ),
+            None => standard_process_utility(
+                pstmt,
+                query_string,
+                read_only_tree,
+                context,
+                params,
+                query_env,
+                dest,
+                qc,
+            ),
+        }
+    }
+}
+
+/// Runs a statement about distributed or reference tables; false for any other.
+#[allow(clippy::too_many_arguments)]
+#[pg_guard]
+unsafe extern "C-unwind" fn handled(
+    pstmt: *mut pg_sys::PlannedStmt,
+    query_string: *const c_char,
+    read_only_tree: bool,
+    context: pg_sys::ProcessUtilityContext::Type,
+    params: pg_sys::ParamListInfo,
+    query_env: *mut pg_sys::QueryEnvironment,
+    dest: *mut pg_sys::DestReceiver,
+    qc: *mut pg_sys::QueryCompletion,
+) -> bool {
     let run = |pstmt: *mut pg_sys::PlannedStmt| {
         // SAFETY: PostgreSQL's arguments, passed on unchanged (or the statement replaced).
         unsafe {
@@ -123,13 +196,20 @@ unsafe extern "C-unwind" fn process_utility(
     };
     let standard = || run(pstmt);
     if !super::routing_active() {
-        return standard();
+        return false;
     }
     // SAFETY: a valid utility statement.
     let plan = unsafe { plan_utility(pstmt, query_string) };
     match plan {
-        Utility::Untouched => standard(),
+        Utility::Untouched => return false,
         Utility::Replaced(other) => run(other),
+        // SAFETY: the statement planned above; qc is PostgreSQL's (or NULL).
+        Utility::CopyFrom(copy, relid) => unsafe {
+            let rows = crate::distribution::copy_from::copy_from(copy, relid, query_string);
+            if !qc.is_null() {
+                pg_sys::SetQueryCompletion(qc, pg_sys::CommandTag::CMDTAG_COPY, rows);
+            }
+        },
         Utility::Everywhere {
             tables,
             remote,
@@ -156,6 +236,7 @@ unsafe extern "C-unwind" fn process_utility(
             }
         }
     }
+    true
 }
 
 enum Utility {
@@ -163,6 +244,8 @@ enum Utility {
     Untouched,
     /// Runs as this statement instead.
     Replaced(*mut pg_sys::PlannedStmt),
+    /// `COPY FROM` into a distributed table (its oid).
+    CopyFrom(*mut pg_sys::CopyStmt, pg_sys::Oid),
     /// Run here, then `remote` on every other node; `drop` removes `tables` from the
     /// catalog.
     Everywhere {
@@ -417,9 +500,12 @@ unsafe fn plan_utility(pstmt: *mut pg_sys::PlannedStmt, query_string: *const c_c
                 let s = stmt as *mut pg_sys::CopyStmt;
                 if (*s).is_from {
                     if let Some(t) = named((*s).relation) {
+                        if t.kind == "distributed" {
+                            return Utility::CopyFrom(s, t.oid);
+                        }
                         refuse(
                             format!("COPY into {} table \"{}\" is not supported yet", t.kind, t.name),
-                            "Insert the rows with INSERT statements pinned to one node each (key values of one node per statement).",
+                            "Writes to reference tables reach every node only with two-phase commit, which is not available yet.",
                         );
                     }
                 } else if let Some(t) = named((*s).relation) {

@@ -185,7 +185,8 @@ fn wrote_here() -> bool {
 
 /// Until two-phase commit lands, a transaction writes on one node only, so that it
 /// commits everywhere or nowhere.
-fn check_single_writer() {
+/// Refuses a transaction that writes on more than one node (until two-phase commit).
+pub fn check_single_writer() {
     if POOL.with(|p| p.borrow().several_writers) {
         return;
     }
