@@ -25,12 +25,7 @@ use crate::remote::pool;
 /// Bytes of COPY data gathered for a node before they are sent.
 const BATCH_BYTES: usize = 1 << 20;
 
-fn refuse(code: PgSqlErrorCode, message: String, hint: &str) -> ! {
-    ErrorReport::new(code, message, "synapse")
-        .set_hint(hint)
-        .report(PgLogLevel::ERROR);
-    unreachable!()
-}
+use crate::pg::errors::raise as refuse;
 
 /// A column the rows carry: generated columns are computed where the row is stored.
 struct Stored {
@@ -55,7 +50,7 @@ pub unsafe fn copy_from(
         if !(*copy).whereClause.is_null() {
             refuse(
                 PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-                "COPY FROM ... WHERE into a distributed table is not supported".into(),
+                "COPY FROM ... WHERE into a distributed table is not supported",
                 "Copy into a table of this node, then INSERT ... SELECT the rows you want.",
             );
         }

@@ -5,7 +5,6 @@
 //! `pg_catalog` so every name they print is schema-qualified.
 
 use pgrx::pg_sys;
-use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 
 /// One column.
@@ -86,14 +85,7 @@ pub fn with_qualified_names<R>(f: impl FnOnce() -> R) -> R {
     result
 }
 
-fn refuse(code: PgSqlErrorCode, message: String, hint: &str) -> ! {
-    let mut report = ErrorReport::new(code, message, "synapse");
-    if !hint.is_empty() {
-        report = report.set_hint(hint);
-    }
-    report.report(PgLogLevel::ERROR);
-    unreachable!()
-}
+use crate::pg::errors::raise as refuse;
 
 /// Reads `table`'s definition, refusing what cannot be kept on several nodes: other
 /// relation kinds, temporary or unlogged tables, inheritance, foreign keys, triggers,

@@ -14,7 +14,6 @@
 use std::collections::BTreeMap;
 
 use pgrx::pg_sys;
-use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use synapse_core::raft::catalog::{TableKind, TableRecord};
 use synapse_core::raft::types::Command;
@@ -35,14 +34,7 @@ const COPY_CHUNK: usize = 4 << 20;
 /// The trigger that guards a reference table's copies.
 pub const REFERENCE_TRIGGER: &str = "synapse_reference_writes";
 
-fn error(code: PgSqlErrorCode, message: String, hint: &str) -> ! {
-    let mut report = ErrorReport::new(code, message, "synapse");
-    if !hint.is_empty() {
-        report = report.set_hint(hint);
-    }
-    report.report(PgLogLevel::ERROR);
-    unreachable!()
-}
+use crate::pg::errors::raise as error;
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()

@@ -1,7 +1,7 @@
 //! Pieces shared by the custom scans: the statement's parameters (for SPI here and as
 //! text for other nodes), and filling slots.
 
-use std::ffi::CStr;
+use std::ffi::{c_void, CStr};
 
 use pgrx::pg_sys;
 
@@ -141,4 +141,139 @@ impl TextInput {
             )
         }
     }
+}
+
+/// The rows of a custom scan, all fetched at its first row into a tuplestore (spilling
+/// past `work_mem`), which rescans replay.
+pub struct Rows {
+    /// Reads the tuplestore's minimal tuples; copied into the scan slot.
+    read_slot: *mut pg_sys::TupleTableSlot,
+    store: *mut pg_sys::Tuplestorestate,
+    /// Whether the rows are fetched.
+    pub filled: bool,
+}
+
+impl Rows {
+    /// Rows of the scan tuple descriptor `desc`.
+    ///
+    /// # Safety
+    /// In the scan's `BeginCustomScan`.
+    pub unsafe fn new(estate: *mut pg_sys::EState, desc: pg_sys::TupleDesc) -> Rows {
+        Rows {
+            // SAFETY: a slot of the executor's, freed with it.
+            read_slot: unsafe {
+                pg_sys::ExecInitExtraTupleSlot(estate, desc, &pg_sys::TTSOpsMinimalTuple)
+            },
+            store: std::ptr::null_mut(),
+            filled: false,
+        }
+    }
+
+    /// Starts filling an empty store, in the query's memory context.
+    ///
+    /// # Safety
+    /// In the executor, before the first row.
+    pub unsafe fn start(&mut self, estate: *mut pg_sys::EState) {
+        // SAFETY: the query's memory context outlives the scan.
+        unsafe {
+            let old = pg_sys::MemoryContextSwitchTo((*estate).es_query_cxt);
+            self.store = pg_sys::tuplestore_begin_heap(false, false, pg_sys::work_mem);
+            pg_sys::MemoryContextSwitchTo(old);
+        }
+    }
+
+    /// Adds the row in `slot` (copied).
+    ///
+    /// # Safety
+    /// After `start`; `slot` holds a tuple of the scan's descriptor.
+    pub unsafe fn put(&mut self, slot: *mut pg_sys::TupleTableSlot) {
+        // SAFETY: as documented.
+        unsafe { pg_sys::tuplestore_puttupleslot(self.store, slot) };
+    }
+
+    /// The next row in `slot`, or `slot` cleared after the last.
+    ///
+    /// # Safety
+    /// After the store is filled; `slot` is the scan slot.
+    pub unsafe fn next(
+        &mut self,
+        slot: *mut pg_sys::TupleTableSlot,
+    ) -> *mut pg_sys::TupleTableSlot {
+        // SAFETY: as documented.
+        unsafe {
+            if pg_sys::tuplestore_gettupleslot(self.store, true, false, self.read_slot) {
+                pg_sys::ExecCopySlot(slot, self.read_slot)
+            } else {
+                pg_sys::ExecClearTuple(slot)
+            }
+        }
+    }
+
+    /// From the first row again.
+    ///
+    /// # Safety
+    /// In the scan's `ReScanCustomScan`.
+    pub unsafe fn rescan(&mut self) {
+        if self.filled {
+            // SAFETY: a filled store.
+            unsafe { pg_sys::tuplestore_rescan(self.store) };
+        }
+    }
+
+    /// Frees the store.
+    ///
+    /// # Safety
+    /// In the scan's `EndCustomScan`.
+    pub unsafe fn end(&mut self) {
+        if !self.store.is_null() {
+            // SAFETY: our store, ended once.
+            unsafe { pg_sys::tuplestore_end(self.store) };
+            self.store = std::ptr::null_mut();
+            self.filled = false;
+        }
+    }
+}
+
+/// Leaks `run` into the query: it is dropped when the query's memory context goes away.
+///
+/// # Safety
+/// `run` comes from `Box::into_raw` and is not freed otherwise.
+pub unsafe fn drop_with_query<T>(estate: *mut pg_sys::EState, run: *mut T) {
+    unsafe extern "C-unwind" fn drop_box<T>(arg: *mut c_void) {
+        // SAFETY: the Box leaked by the caller, freed once.
+        drop(unsafe { Box::from_raw(arg as *mut T) });
+    }
+    // SAFETY: a callback record in the query's memory context, which outlives the run.
+    unsafe {
+        let callback = pg_sys::MemoryContextAllocZero(
+            (*estate).es_query_cxt,
+            std::mem::size_of::<pg_sys::MemoryContextCallback>(),
+        ) as *mut pg_sys::MemoryContextCallback;
+        (*callback).func = Some(drop_box::<T>);
+        (*callback).arg = run.cast();
+        pg_sys::MemoryContextRegisterResetCallback((*estate).es_query_cxt, callback);
+    }
+}
+
+/// The text of a String node of a plan's private list.
+pub fn str_val(node: *mut pg_sys::Node) -> String {
+    // SAFETY: a String node made by the planner.
+    unsafe { CStr::from_ptr((*(node as *mut pg_sys::String)).sval) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// The value of an Integer node of a plan's private list.
+pub fn int_val(node: *mut pg_sys::Node) -> i32 {
+    // SAFETY: an Integer node made by the planner.
+    unsafe { (*(node as *mut pg_sys::Integer)).ival }
+}
+
+/// `ExecScan`'s recheck: the rows need none (the scan's quals are evaluated anyway).
+#[pgrx::pg_guard]
+pub unsafe extern "C-unwind" fn recheck(
+    _ss: *mut pg_sys::ScanState,
+    _slot: *mut pg_sys::TupleTableSlot,
+) -> bool {
+    true
 }

@@ -9,13 +9,13 @@
 //! function; rows of this node are copied as datums. PostgreSQL then evaluates every
 //! clause of the scan again (`ExecScan`), shipped or not.
 
-use std::ffi::{c_void, CStr, CString};
+use std::ffi::{CStr, CString};
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::PgList;
 
-use super::common::{clear, Params, TextInput};
+use super::common::{clear, drop_with_query, recheck, str_val, Params, Rows, TextInput};
 use crate::distribution::{ddl, guard, metadata, pins};
 use crate::remote::connection::NodeTarget;
 use crate::remote::pool;
@@ -75,8 +75,7 @@ struct Target {
 struct Runtime {
     /// "pull-up": the rows of a table; "pushdown": the rows of a fragment of a statement.
     level: String,
-    /// Reads the tuplestore's minimal tuples; copied into the (virtual) scan slot.
-    read_slot: *mut pg_sys::TupleTableSlot,
+    rows: Rows,
     /// Parameters $1..$max_param go with the SQL.
     max_param: i32,
     sql: String,
@@ -84,8 +83,6 @@ struct Runtime {
     /// Shards the clauses leave (pruned by the shard key), of the table's shard count.
     shards: (usize, usize),
     columns: Vec<Column>,
-    store: *mut pg_sys::Tuplestorestate,
-    filled: bool,
 }
 
 #[pg_guard]
@@ -97,19 +94,6 @@ unsafe extern "C-unwind" fn create_state(_cscan: *mut pg_sys::CustomScan) -> *mu
         (*node).css.methods = &EXEC_METHODS.0;
         node.cast()
     }
-}
-
-unsafe extern "C-unwind" fn free_runtime(arg: *mut c_void) {
-    // SAFETY: `arg` is the Box leaked in `begin`, freed once, when the query's memory
-    // context goes away.
-    drop(unsafe { Box::from_raw(arg as *mut Runtime) });
-}
-
-fn str_val(node: *mut pg_sys::Node) -> String {
-    // SAFETY: a String node made by the planner.
-    unsafe { CStr::from_ptr((*(node as *mut pg_sys::String)).sval) }
-        .to_string_lossy()
-        .into_owned()
 }
 
 #[pg_guard]
@@ -130,26 +114,17 @@ unsafe extern "C-unwind" fn begin(
         } else {
             begin_table(css, &private, desc, estate)
         };
-        let read_slot = pg_sys::ExecInitExtraTupleSlot(estate, desc, &pg_sys::TTSOpsMinimalTuple);
         let run = Box::into_raw(Box::new(Runtime {
             level,
-            read_slot,
+            rows: Rows::new(estate, desc),
             max_param,
             sql,
             targets,
             shards,
             columns,
-            store: std::ptr::null_mut(),
-            filled: false,
         }));
         (*node).run = run;
-        let callback = pg_sys::MemoryContextAllocZero(
-            (*estate).es_query_cxt,
-            std::mem::size_of::<pg_sys::MemoryContextCallback>(),
-        ) as *mut pg_sys::MemoryContextCallback;
-        (*callback).func = Some(free_runtime);
-        (*callback).arg = run.cast();
-        pg_sys::MemoryContextRegisterResetCallback((*estate).es_query_cxt, callback);
+        drop_with_query(estate, run);
     }
 }
 
@@ -317,28 +292,15 @@ unsafe extern "C-unwind" fn exec(css: *mut pg_sys::CustomScanState) -> *mut pg_s
 }
 
 #[pg_guard]
-unsafe extern "C-unwind" fn recheck(
-    _ss: *mut pg_sys::ScanState,
-    _slot: *mut pg_sys::TupleTableSlot,
-) -> bool {
-    true
-}
-
-#[pg_guard]
 unsafe extern "C-unwind" fn next(ss: *mut pg_sys::ScanState) -> *mut pg_sys::TupleTableSlot {
     // SAFETY: `ss` is the ScanState of our node.
     unsafe {
         let node = ss as *mut ScanNode;
         let run = &mut *(*node).run;
-        if !run.filled {
+        if !run.rows.filled {
             fill(node, run);
         }
-        let slot = (*ss).ss_ScanTupleSlot;
-        if pg_sys::tuplestore_gettupleslot(run.store, true, false, run.read_slot) {
-            pg_sys::ExecCopySlot(slot, run.read_slot)
-        } else {
-            pg_sys::ExecClearTuple(slot)
-        }
+        run.rows.next((*ss).ss_ScanTupleSlot)
     }
 }
 
@@ -348,9 +310,7 @@ unsafe fn fill(node: *mut ScanNode, run: &mut Runtime) {
     // the main thread, inside the executor.
     unsafe {
         let estate = (*node).css.ss.ps.state;
-        let old = pg_sys::MemoryContextSwitchTo((*estate).es_query_cxt);
-        run.store = pg_sys::tuplestore_begin_heap(false, false, pg_sys::work_mem);
-        pg_sys::MemoryContextSwitchTo(old);
+        run.rows.start(estate);
 
         let remote = run.targets.iter().any(|t| !t.local);
         let params = Params::of((*estate).es_param_list_info, run.max_param, remote);
@@ -381,13 +341,13 @@ unsafe fn fill(node: *mut ScanNode, run: &mut Runtime) {
                     *(*slot).tts_isnull.add(column.attno - 1) = false;
                 }
                 pg_sys::ExecStoreVirtualTuple(slot);
-                pg_sys::tuplestore_puttupleslot(run.store, slot);
+                run.rows.put(slot);
                 pg_sys::MemoryContextSwitchTo(old);
                 pg_sys::MemoryContextReset((*econtext).ecxt_per_tuple_memory);
             }
         }
         pg_sys::ExecClearTuple((*node).css.ss.ss_ScanTupleSlot);
-        run.filled = true;
+        run.rows.filled = true;
     }
 }
 
@@ -428,7 +388,7 @@ unsafe fn read_local(node: *mut ScanNode, run: &mut Runtime, params: &Params) {
                     *(*slot).tts_isnull.add(column.attno - 1) = isnull;
                 }
                 pg_sys::ExecStoreVirtualTuple(slot);
-                pg_sys::tuplestore_puttupleslot(run.store, slot);
+                run.rows.put(slot);
             }
             pg_sys::SPI_freetuptable(table);
         }
@@ -439,14 +399,11 @@ unsafe fn read_local(node: *mut ScanNode, run: &mut Runtime, params: &Params) {
 
 #[pg_guard]
 unsafe extern "C-unwind" fn end(css: *mut pg_sys::CustomScanState) {
-    // SAFETY: our node; the tuplestore (if any) is ours. The runtime itself is freed with
-    // the query's memory context.
+    // SAFETY: our node. The runtime itself is freed with the query's memory context.
     unsafe {
         let run = (*(css as *mut ScanNode)).run;
-        if !run.is_null() && !(*run).store.is_null() {
-            pg_sys::tuplestore_end((*run).store);
-            (*run).store = std::ptr::null_mut();
-            (*run).filled = false;
+        if !run.is_null() {
+            (*run).rows.end();
         }
     }
 }
@@ -455,10 +412,7 @@ unsafe extern "C-unwind" fn end(css: *mut pg_sys::CustomScanState) {
 unsafe extern "C-unwind" fn rescan(css: *mut pg_sys::CustomScanState) {
     // SAFETY: our node.
     unsafe {
-        let run = &mut *(*(css as *mut ScanNode)).run;
-        if run.filled {
-            pg_sys::tuplestore_rescan(run.store);
-        }
+        (*(*(css as *mut ScanNode)).run).rows.rescan();
         pg_sys::ExecScanReScan(&mut (*css).ss);
     }
 }

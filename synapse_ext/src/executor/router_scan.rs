@@ -9,7 +9,7 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::PgList;
 
-use super::common::{clear, Params, TextInput};
+use super::common::{clear, drop_with_query, int_val, recheck, str_val, Params, Rows, TextInput};
 use crate::distribution::{guard, metadata, pins};
 use crate::planner::router;
 use crate::remote::connection::NodeTarget;
@@ -62,9 +62,7 @@ struct Runtime {
     target: Option<NodeTarget>,
     local: bool,
     columns: Vec<TextInput>,
-    read_slot: *mut pg_sys::TupleTableSlot,
-    store: *mut pg_sys::Tuplestorestate,
-    filled: bool,
+    rows: Rows,
 }
 
 #[pg_guard]
@@ -76,23 +74,6 @@ unsafe extern "C-unwind" fn create_state(_cscan: *mut pg_sys::CustomScan) -> *mu
         (*node).css.methods = &EXEC_METHODS.0;
         node.cast()
     }
-}
-
-unsafe extern "C-unwind" fn free_runtime(arg: *mut std::ffi::c_void) {
-    // SAFETY: the Box leaked in `begin`, freed once with the query's memory context.
-    drop(unsafe { Box::from_raw(arg as *mut Runtime) });
-}
-
-fn str_val(node: *mut pg_sys::Node) -> String {
-    // SAFETY: a String node made by the planner.
-    unsafe { CStr::from_ptr((*(node as *mut pg_sys::String)).sval) }
-        .to_string_lossy()
-        .into_owned()
-}
-
-fn int_val(node: *mut pg_sys::Node) -> i32 {
-    // SAFETY: an Integer node made by the planner.
-    unsafe { (*(node as *mut pg_sys::Integer)).ival }
 }
 
 #[pg_guard]
@@ -175,7 +156,6 @@ unsafe extern "C-unwind" fn begin(
                 (*estate).es_query_cxt,
             ));
         }
-        let read_slot = pg_sys::ExecInitExtraTupleSlot(estate, desc, &pg_sys::TTSOpsMinimalTuple);
         let run = Box::into_raw(Box::new(Runtime {
             sql,
             max_param,
@@ -183,18 +163,10 @@ unsafe extern "C-unwind" fn begin(
             target,
             local,
             columns,
-            read_slot,
-            store: std::ptr::null_mut(),
-            filled: false,
+            rows: Rows::new(estate, desc),
         }));
         (*node).run = run;
-        let callback = pg_sys::MemoryContextAllocZero(
-            (*estate).es_query_cxt,
-            std::mem::size_of::<pg_sys::MemoryContextCallback>(),
-        ) as *mut pg_sys::MemoryContextCallback;
-        (*callback).func = Some(free_runtime);
-        (*callback).arg = run.cast();
-        pg_sys::MemoryContextRegisterResetCallback((*estate).es_query_cxt, callback);
+        drop_with_query(estate, run);
     }
 }
 
@@ -252,28 +224,15 @@ unsafe extern "C-unwind" fn exec(css: *mut pg_sys::CustomScanState) -> *mut pg_s
 }
 
 #[pg_guard]
-unsafe extern "C-unwind" fn recheck(
-    _ss: *mut pg_sys::ScanState,
-    _slot: *mut pg_sys::TupleTableSlot,
-) -> bool {
-    true
-}
-
-#[pg_guard]
 unsafe extern "C-unwind" fn next(ss: *mut pg_sys::ScanState) -> *mut pg_sys::TupleTableSlot {
     // SAFETY: `ss` is the ScanState of our node.
     unsafe {
         let node = ss as *mut RouterNode;
         let run = &mut *(*node).run;
-        if !run.filled {
+        if !run.rows.filled {
             fill(node, run);
         }
-        let slot = (*ss).ss_ScanTupleSlot;
-        if pg_sys::tuplestore_gettupleslot(run.store, true, false, run.read_slot) {
-            pg_sys::ExecCopySlot(slot, run.read_slot)
-        } else {
-            pg_sys::ExecClearTuple(slot)
-        }
+        run.rows.next((*ss).ss_ScanTupleSlot)
     }
 }
 
@@ -281,9 +240,7 @@ unsafe fn fill(node: *mut RouterNode, run: &mut Runtime) {
     // SAFETY: our node and runtime, on the main thread inside the executor.
     unsafe {
         let estate = (*node).css.ss.ps.state;
-        let old = pg_sys::MemoryContextSwitchTo((*estate).es_query_cxt);
-        run.store = pg_sys::tuplestore_begin_heap(false, false, pg_sys::work_mem);
-        pg_sys::MemoryContextSwitchTo(old);
+        run.rows.start(estate);
         let params = Params::of((*estate).es_param_list_info, run.max_param, !run.local);
         let slot = (*node).css.ss.ss_ScanTupleSlot;
         let target = run.target.clone().expect("a node to run on");
@@ -317,7 +274,7 @@ unsafe fn fill(node: *mut RouterNode, run: &mut Runtime) {
                         *(*slot).tts_isnull.add(j) = isnull;
                     }
                     pg_sys::ExecStoreVirtualTuple(slot);
-                    pg_sys::tuplestore_puttupleslot(run.store, slot);
+                    run.rows.put(slot);
                 }
             }
             if run.writes {
@@ -339,7 +296,7 @@ unsafe fn fill(node: *mut RouterNode, run: &mut Runtime) {
                     }
                 }
                 pg_sys::ExecStoreVirtualTuple(slot);
-                pg_sys::tuplestore_puttupleslot(run.store, slot);
+                run.rows.put(slot);
                 pg_sys::MemoryContextSwitchTo(old);
                 pg_sys::MemoryContextReset((*econtext).ecxt_per_tuple_memory);
             }
@@ -348,19 +305,17 @@ unsafe fn fill(node: *mut RouterNode, run: &mut Runtime) {
             }
         }
         pg_sys::ExecClearTuple(slot);
-        run.filled = true;
+        run.rows.filled = true;
     }
 }
 
 #[pg_guard]
 unsafe extern "C-unwind" fn end(css: *mut pg_sys::CustomScanState) {
-    // SAFETY: our node; the tuplestore (if any) is ours.
+    // SAFETY: our node. The runtime itself is freed with the query's memory context.
     unsafe {
         let run = (*(css as *mut RouterNode)).run;
-        if !run.is_null() && !(*run).store.is_null() {
-            pg_sys::tuplestore_end((*run).store);
-            (*run).store = std::ptr::null_mut();
-            (*run).filled = false;
+        if !run.is_null() {
+            (*run).rows.end();
         }
     }
 }
@@ -369,10 +324,7 @@ unsafe extern "C-unwind" fn end(css: *mut pg_sys::CustomScanState) {
 unsafe extern "C-unwind" fn rescan(css: *mut pg_sys::CustomScanState) {
     // SAFETY: our node.
     unsafe {
-        let run = &mut *(*(css as *mut RouterNode)).run;
-        if run.filled {
-            pg_sys::tuplestore_rescan(run.store);
-        }
+        (*(*(css as *mut RouterNode)).run).rows.rescan();
         pg_sys::ExecScanReScan(&mut (*css).ss);
     }
 }

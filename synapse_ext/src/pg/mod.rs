@@ -2,6 +2,7 @@
 //! latches and descriptors, and running work in a transaction that survives errors.
 //! Everything here runs on a process's main thread.
 
+pub mod errors;
 pub mod local_rpc;
 pub mod plans;
 pub mod signals;

@@ -13,7 +13,6 @@
 use std::os::raw::{c_char, c_int};
 
 use pgrx::pg_sys;
-use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::PgList;
 
@@ -35,14 +34,7 @@ pub fn install() {
     }
 }
 
-fn error(code: PgSqlErrorCode, message: String, hint: &str) -> ! {
-    let mut report = ErrorReport::new(code, message, "synapse");
-    if !hint.is_empty() {
-        report = report.set_hint(hint);
-    }
-    report.report(PgLogLevel::ERROR);
-    unreachable!()
-}
+use crate::pg::errors::raise as error;
 
 fn rel_name(oid: pg_sys::Oid) -> String {
     // SAFETY: a syscache lookup by oid; the name is palloc'd.

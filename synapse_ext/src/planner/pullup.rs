@@ -11,7 +11,6 @@
 use std::ffi::CString;
 
 use pgrx::pg_sys;
-use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::PgList;
 
@@ -129,13 +128,7 @@ unsafe fn estimated_rows(rel: *mut pg_sys::RelOptInfo) -> f64 {
 }
 
 fn not_supported(what: &str) -> ! {
-    ErrorReport::new(
-        PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-        format!("{what} is not supported"),
-        "synapse",
-    )
-    .report(PgLogLevel::ERROR);
-    unreachable!()
+    crate::pg::errors::not_supported(format!("{what} is not supported"), "")
 }
 
 #[pg_guard]

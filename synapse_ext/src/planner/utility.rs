@@ -18,7 +18,6 @@ use std::ffi::CStr;
 use std::os::raw::c_char;
 
 use pgrx::pg_sys;
-use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::PgList;
 use synapse_core::raft::types::Command;
@@ -36,16 +35,7 @@ pub fn install() {
     }
 }
 
-fn refuse(message: String, hint: &str) -> ! {
-    ErrorReport::new(
-        PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-        message,
-        "synapse",
-    )
-    .set_hint(hint)
-    .report(PgLogLevel::ERROR);
-    unreachable!()
-}
+use crate::pg::errors::not_supported as refuse;
 
 /// A distributed or reference table named in a statement.
 struct Named {
@@ -441,7 +431,7 @@ unsafe fn plan_utility(pstmt: *mut pg_sys::PlannedStmt, query_string: *const c_c
                 }
                 if others {
                     refuse(
-                        "TRUNCATE of distributed or reference tables together with other tables is not supported".into(),
+                        "TRUNCATE of distributed or reference tables together with other tables is not supported",
                         "Truncate the distributed and reference tables in a statement of their own.",
                     );
                 }
