@@ -57,7 +57,8 @@ struct RouterNode {
 struct Runtime {
     sql: String,
     max_param: i32,
-    writes: bool,
+    /// 2: the statement changes rows (counted as processed); 1: it locks rows; 0: reads.
+    writes: i32,
     /// The node that runs the statement; `None` under EXPLAIN of an unresolved plan.
     target: Option<NodeTarget>,
     local: bool,
@@ -89,7 +90,7 @@ unsafe extern "C-unwind" fn begin(
         let private = PgList::<pg_sys::Node>::from_pg((*cscan).custom_private);
         let sql = str_val(private.get_ptr(0).expect("sql"));
         let max_param = int_val(private.get_ptr(1).expect("parameters"));
-        let writes = int_val(private.get_ptr(2).expect("writes")) != 0;
+        let writes = int_val(private.get_ptr(2).expect("writes"));
         let fixed: i64 = str_val(private.get_ptr(3).expect("node"))
             .parse()
             .unwrap_or(-1);
@@ -250,7 +251,13 @@ unsafe fn fill(node: *mut RouterNode, run: &mut Runtime) {
             pg_sys::SPI_connect();
             let code = guard::bypassed(|| {
                 let plan = crate::pg::plans::kept(&run.sql, &params.types);
-                pg_sys::SPI_execute_plan(plan, values.as_mut_ptr(), nulls.as_ptr(), !run.writes, 0)
+                pg_sys::SPI_execute_plan(
+                    plan,
+                    values.as_mut_ptr(),
+                    nulls.as_ptr(),
+                    run.writes == 0,
+                    0,
+                )
             });
             if code < 0 {
                 pgrx::error!(
@@ -277,14 +284,19 @@ unsafe fn fill(node: *mut RouterNode, run: &mut Runtime) {
                     run.rows.put(slot);
                 }
             }
-            if run.writes {
+            if run.writes == 2 {
                 (*estate).es_processed += n as u64;
             }
             pg_sys::SPI_finish();
         } else {
             let texts = params.text_refs();
             let sql = run.sql.clone();
-            let rows = pool::in_transaction(&target, run.writes, |c| c.exec_prepared(&sql, &texts));
+            let access = match run.writes {
+                2 => pool::Access::Write,
+                1 => pool::Access::Lock,
+                _ => pool::Access::Read,
+            };
+            let rows = pool::with_access(&target, access, |c| c.exec_prepared(&sql, &texts));
             let econtext = (*node).css.ss.ps.ps_ExprContext;
             for row in rows.rows {
                 let old = pg_sys::MemoryContextSwitchTo((*econtext).ecxt_per_tuple_memory);
@@ -300,7 +312,7 @@ unsafe fn fill(node: *mut RouterNode, run: &mut Runtime) {
                 pg_sys::MemoryContextSwitchTo(old);
                 pg_sys::MemoryContextReset((*econtext).ecxt_per_tuple_memory);
             }
-            if run.writes {
+            if run.writes == 2 {
                 (*estate).es_processed += rows.affected;
             }
         }

@@ -418,11 +418,17 @@ pub unsafe fn plan(
         } else {
             0
         };
-        let writes = command != pg_sys::CmdType::CMD_SELECT;
+        // 2: it changes rows; 1: it locks rows (FOR UPDATE/SHARE), which must live in the
+        // remote transaction like writes; 0: it reads.
+        let writes = if command != pg_sys::CmdType::CMD_SELECT {
+            2
+        } else {
+            i32::from(!(*parse).rowMarks.is_null())
+        };
         let mut private = PgList::<pg_sys::Node>::new();
         private.push(pg_sys::makeString(super::pullup::pstrdup(&sql)).cast());
         private.push(pg_sys::makeInteger(max_param).cast());
-        private.push(pg_sys::makeInteger(writes as i32).cast());
+        private.push(pg_sys::makeInteger(writes).cast());
         private.push(
             pg_sys::makeString(super::pullup::pstrdup(&node.unwrap_or(-1).to_string())).cast(),
         );

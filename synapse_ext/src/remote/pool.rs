@@ -2,7 +2,8 @@
 //! transactions opened on them, which end with the local one.
 //!
 //! A remote transaction starts with the first statement sent to its node in a local
-//! transaction. At local pre-commit, read-only remote transactions commit, and the ones
+//! transaction (under READ COMMITTED, with its first write or row lock: a read before
+//! runs as a transaction of its own). At local pre-commit, read-only remote transactions commit, and the ones
 //! that wrote are prepared (`PREPARE TRANSACTION`); once the local transaction has
 //! committed they are committed (`COMMIT PREPARED`), and on abort rolled back. A failure
 //! after the local commit is a WARNING naming the prepared transaction left behind.
@@ -60,6 +61,16 @@ thread_local! {
 /// How long a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// What a statement does on a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    /// Locks rows (`FOR UPDATE`): the locks must last the local transaction.
+    Lock,
+    /// Changes data: the remote transaction must be prepared, not just committed.
+    Write,
+}
+
 /// Runs `f` on a connection to `target` inside a remote transaction belonging to the
 /// current local transaction (`writes`: `f` changes data there, so the remote transaction
 /// must be prepared, not just committed).
@@ -68,6 +79,17 @@ pub fn in_transaction<R>(
     writes: bool,
     f: impl FnOnce(&mut Connection) -> Result<R, RemoteError>,
 ) -> R {
+    let access = if writes { Access::Write } else { Access::Read };
+    with_access(target, access, f)
+}
+
+/// [`in_transaction`] for a statement that reads, locks rows or writes.
+pub fn with_access<R>(
+    target: &NodeTarget,
+    access: Access,
+    f: impl FnOnce(&mut Connection) -> Result<R, RemoteError>,
+) -> R {
+    let writes = access == Access::Write;
     register_callbacks();
     if POOL.with(|p| p.borrow().diverged) {
         diverged_error();
@@ -94,7 +116,7 @@ pub fn in_transaction<R>(
             }
         };
         let entry = pool.entries.entry(target.id).or_insert(entry);
-        if entry.txn == RemoteTxn::Idle {
+        if entry.txn == RemoteTxn::Idle && (access != Access::Read || reads_need_transaction()) {
             // Sent with the first statement, in the same round trip.
             entry.conn.pending_begin = Some(begin_statement());
             entry.txn = RemoteTxn::Open { writes: false };
@@ -230,6 +252,16 @@ pub fn describe() -> Vec<(i64, String, String, String)> {
 }
 
 /// The remote transaction matches the local one's isolation level.
+/// Whether a read must run inside a remote transaction: under REPEATABLE READ and
+/// SERIALIZABLE its snapshot must last as long as the local transaction's. Under READ
+/// COMMITTED every statement takes a new snapshot anyway, so a read (which takes no locks
+/// and leaves nothing to commit) runs as a transaction of its own: no BEGIN and no COMMIT
+/// travel. A node the transaction wrote on keeps its transaction (reads see the writes).
+fn reads_need_transaction() -> bool {
+    // SAFETY: reads the current transaction's isolation level, main thread.
+    unsafe { pg_sys::XactIsoLevel as u32 != pg_sys::XACT_READ_COMMITTED }
+}
+
 fn begin_statement() -> String {
     // SAFETY: reads the current transaction's isolation level, main thread.
     let level = unsafe { pg_sys::XactIsoLevel };
