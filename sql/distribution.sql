@@ -97,8 +97,10 @@ CREATE FUNCTION synapse.avg_final(numeric, bigint) RETURNS numeric
 CREATE FUNCTION synapse.avg_final(double precision, bigint) RETURNS double precision
     LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
     AS 'SELECT CASE WHEN $2 = 0 THEN NULL ELSE $1 / $2 END';
--- Stands for the rows of a query run on every node holding shards: the planner replaces
--- each call with a SynapseScan of the pushdown level, so it never runs.
+-- Stands for the rows of a query run on every node holding shards: while planning a
+-- statement it split, the planner replaces the call with a SynapseScan of the pushdown
+-- level. Called by anyone else it only raises an error.
 CREATE FUNCTION synapse.fragment_rows(sql text, shard_count int, max_param int)
     RETURNS SETOF record LANGUAGE plpgsql ROWS 3
     AS $$BEGIN RAISE EXCEPTION 'synapse.fragment_rows() is planned by synapse only'; END$$;
+REVOKE EXECUTE ON FUNCTION synapse.fragment_rows(text, int, int) FROM PUBLIC;

@@ -117,6 +117,8 @@ SELECT customer, count(*), avg(amount) FROM orders GROUP BY customer
     HAVING count(*) > 1 ORDER BY 2 DESC, 1 LIMIT 3;
 -- Rows: each node sorts and returns LIMIT + OFFSET rows.
 EXPLAIN (COSTS OFF) SELECT id FROM orders ORDER BY amount DESC, id LIMIT 2 OFFSET 1;
+-- The function standing for a fragment's rows runs nothing when called directly.
+SELECT * FROM synapse.fragment_rows('SELECT 1', 32, 0) AS f(x int);
 -- Pull-up: count(DISTINCT ...) has no partial form, so rows come to this node.
 EXPLAIN (COSTS OFF) SELECT count(DISTINCT customer) FROM orders;
 SELECT count(DISTINCT customer) FROM orders;

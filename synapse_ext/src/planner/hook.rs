@@ -83,7 +83,9 @@ unsafe extern "C-unwind" fn planner(
             refuse_writes(parse, &why);
             // Every node answers for its shards, this node combines the answers.
             if let Some(master) = super::pushdown::split(parse) {
-                let stmt = standard(master, query_string, cursor_options, bound_params);
+                let stmt = super::pushdown::planning_split(master, || {
+                    standard(master, query_string, cursor_options, bound_params)
+                });
                 check_plan(stmt);
                 return stmt;
             }

@@ -869,14 +869,48 @@ static PATH_METHODS: super::pullup::PathMethods =
         ReparameterizeCustomPathByChild: None,
     });
 
-/// Whether a range table entry is the fragment rows of a split statement.
+thread_local! {
+    /// The fragment rows entry of the combining query PostgreSQL is planning, if any.
+    static PLANNING_SPLIT: std::cell::Cell<*const pg_sys::RangeTblEntry> =
+        const { std::cell::Cell::new(std::ptr::null()) };
+}
+
+/// Runs `plan` (PostgreSQL planning `master`, a combining query [`split`] built) with its
+/// fragment rows entry recognized. Only that entry stands for a fragment: a call of
+/// `synapse.fragment_rows()` written by a client (even one planned meanwhile, say by a
+/// function evaluated at planning) stays an ordinary call, which raises an error, so no
+/// client can run SQL of its choosing on other nodes through it.
+///
+/// # Safety
+/// `master` must be a Query [`split`] returned.
+pub unsafe fn planning_split<R>(master: *mut pg_sys::Query, plan: impl FnOnce() -> R) -> R {
+    struct Reset(*const pg_sys::RangeTblEntry);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            PLANNING_SPLIT.with(|p| p.set(self.0));
+        }
+    }
+    // SAFETY: the combining query's range table starts with the fragment rows (the
+    // planner keeps range table entries in place).
+    let entry = unsafe {
+        PgList::<pg_sys::RangeTblEntry>::from_pg((*master).rtable)
+            .get_ptr(0)
+            .map_or(std::ptr::null(), |e| e as *const _)
+    };
+    let _reset = Reset(PLANNING_SPLIT.with(|p| p.replace(entry)));
+    plan()
+}
+
+/// Whether a range table entry is the fragment rows of a split statement being planned.
 ///
 /// # Safety
 /// `rte` must be a valid range table entry.
 pub unsafe fn is_fragment_rows(rte: *mut pg_sys::RangeTblEntry) -> bool {
     // SAFETY: a valid entry.
     unsafe {
-        if (*rte).rtekind != pg_sys::RTEKind::RTE_FUNCTION {
+        if (*rte).rtekind != pg_sys::RTEKind::RTE_FUNCTION
+            || PLANNING_SPLIT.with(|p| p.get()) != rte as *const _
+        {
             return false;
         }
         let functions = PgList::<pg_sys::RangeTblFunction>::from_pg((*rte).functions);
