@@ -909,7 +909,7 @@ pub unsafe fn is_fragment_rows(rte: *mut pg_sys::RangeTblEntry) -> bool {
     // SAFETY: a valid entry.
     unsafe {
         if (*rte).rtekind != pg_sys::RTEKind::RTE_FUNCTION
-            || PLANNING_SPLIT.with(|p| p.get()) != rte as *const _
+            || !std::ptr::eq(PLANNING_SPLIT.with(|p| p.get()), rte)
         {
             return false;
         }
