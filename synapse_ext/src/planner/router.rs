@@ -513,6 +513,20 @@ unsafe fn single_distributed_table(parse: *mut pg_sys::Query) -> u32 {
 /// # Safety
 /// `query` must be the statement's Query, `rtindex` its distributed table's entry.
 pub unsafe fn partition_sql(query: *mut pg_sys::Query, rtindex: u32, shard: u32) -> Option<String> {
+    // SAFETY: as documented.
+    unsafe {
+        let copy = on_partition(query, rtindex, shard)?;
+        Some(crate::distribution::ddl::deparse_query(copy))
+    }
+}
+
+/// A copy of `query` with its distributed table (entry `rtindex`) replaced by shard
+/// `shard`'s partition on this node; `None` if the partition is not here.
+unsafe fn on_partition(
+    query: *mut pg_sys::Query,
+    rtindex: u32,
+    shard: u32,
+) -> Option<*mut pg_sys::Query> {
     // SAFETY: a copy of a valid Query; catalog lookups.
     unsafe {
         let copy = pg_sys::copyObjectImpl(query.cast()) as *mut pg_sys::Query;
@@ -529,10 +543,114 @@ pub unsafe fn partition_sql(query: *mut pg_sys::Query, rtindex: u32, shard: u32)
         if oid == pg_sys::InvalidOid {
             return None;
         }
+        // As the planner locks the partitions it keeps.
+        pg_sys::LockRelationOid(oid, (*rte).rellockmode);
         (*rte).relid = oid;
         (*rte).inh = false;
         (*rte).relkind = pg_sys::RELKIND_RELATION as std::os::raw::c_char;
-        Some(crate::distribution::ddl::deparse_query(copy))
+        Some(copy)
+    }
+}
+
+/// For a statement another node sent here (a fragment session): a SELECT, UPDATE or
+/// DELETE of one distributed table pinned to one shard by a value known now, planned on
+/// that shard's partition rather than on the partitioned table (no partition pruning at
+/// every planning, no lock on every partition). Only when the partition's columns are the
+/// table's, number for number (the statement's column numbers are the table's).
+///
+/// # Safety
+/// `parse` must be a valid rewritten Query, `params` the planner's parameters.
+pub unsafe fn pinned_partition(
+    parse: *mut pg_sys::Query,
+    params: pg_sys::ParamListInfo,
+) -> Option<*mut pg_sys::Query> {
+    // SAFETY: reads of a valid Query and catalog lookups.
+    unsafe {
+        if !matches!(
+            (*parse).commandType,
+            pg_sys::CmdType::CMD_SELECT | pg_sys::CmdType::CMD_UPDATE | pg_sys::CmdType::CMD_DELETE
+        ) || !(*parse).utilityStmt.is_null()
+        {
+            return None;
+        }
+        let rtindex = single_distributed_table(parse);
+        if rtindex == 0 {
+            return None;
+        }
+        let mut walk = Walk::default();
+        visit_query(parse, &mut walk);
+        if walk.spread.is_some() || walk.pins.len() != 1 {
+            return None;
+        }
+        let pin = &walk.pins[0];
+        let shard = pins::shard_of_value(pin.value, params, pin.shard_count)?;
+        let copy = on_partition(parse, rtindex, shard)?;
+        let parent = PgList::<pg_sys::RangeTblEntry>::from_pg((*parse).rtable)
+            .get_ptr(rtindex as usize - 1)?;
+        let part = PgList::<pg_sys::RangeTblEntry>::from_pg((*copy).rtable)
+            .get_ptr(rtindex as usize - 1)?;
+        same_columns((*parent).relid, (*part).relid).then_some(copy)
+    }
+}
+
+/// Whether `parse` is a SELECT, UPDATE or DELETE of one distributed table pinned to one
+/// shard by a value known only at run time (a parameter of a generic plan).
+///
+/// # Safety
+/// `parse` must be a valid rewritten Query.
+pub unsafe fn pinned_partition_later(parse: *mut pg_sys::Query) -> bool {
+    // SAFETY: reads of a valid Query.
+    unsafe {
+        if !matches!(
+            (*parse).commandType,
+            pg_sys::CmdType::CMD_SELECT | pg_sys::CmdType::CMD_UPDATE | pg_sys::CmdType::CMD_DELETE
+        ) || !(*parse).utilityStmt.is_null()
+            || single_distributed_table(parse) == 0
+        {
+            return false;
+        }
+        let mut walk = Walk::default();
+        visit_query(parse, &mut walk);
+        walk.spread.is_none()
+            && walk.pins.len() == 1
+            && pins::shard_of_value(
+                walk.pins[0].value,
+                std::ptr::null_mut(),
+                walk.pins[0].shard_count,
+            )
+            .is_none()
+    }
+}
+
+/// Whether two relations have the same column names (dropped ones included) at the same
+/// numbers.
+fn same_columns(a: pg_sys::Oid, b: pg_sys::Oid) -> bool {
+    // SAFETY: relation descriptors opened and closed here, under the statement's locks.
+    unsafe {
+        let (ra, rb) = (
+            pg_sys::RelationIdGetRelation(a),
+            pg_sys::RelationIdGetRelation(b),
+        );
+        if ra.is_null() || rb.is_null() {
+            for r in [ra, rb] {
+                if !r.is_null() {
+                    pg_sys::RelationClose(r);
+                }
+            }
+            return false;
+        }
+        let (da, db) = ((*ra).rd_att, (*rb).rd_att);
+        let same = (*da).natts == (*db).natts
+            && (0..(*da).natts as usize).all(|i| {
+                let (x, y) = ((*da).attrs.as_ptr().add(i), (*db).attrs.as_ptr().add(i));
+                (*x).attisdropped == (*y).attisdropped
+                    && (*x).atttypid == (*y).atttypid
+                    && std::ffi::CStr::from_ptr((*x).attname.data.as_ptr())
+                        == std::ffi::CStr::from_ptr((*y).attname.data.as_ptr())
+            });
+        pg_sys::RelationClose(ra);
+        pg_sys::RelationClose(rb);
+        same
     }
 }
 
