@@ -4,11 +4,13 @@
 //! shards are here); on another node it is shipped whole, deparsed by PostgreSQL
 //! (`pg_get_querydef`, names schema-qualified) with its parameters, by a
 //! `SynapseRouter` scan. Parameters unknown at planning (generic plans) are resolved at
-//! run time.
+//! run time; a statement over one table then runs on its shard's partition (here through
+//! a kept SPI plan, and on the node it is sent to, see [`pinned_partition`]).
 //!
 //! A statement qualifies only if everything it reads exists alike on every node:
 //! distributed tables, reference tables, and built-in functions, operators and
-//! aggregates. Anything else is left to the pull-up level (reads) or refused (writes).
+//! aggregates. Anything else is left to the pushdown or pull-up levels (reads) or
+//! refused (writes).
 
 use std::ffi::{c_void, CStr};
 
