@@ -136,15 +136,7 @@ pub unsafe fn copy_from(
         let mut nulls = vec![false; natts];
         let mut buffers: BTreeMap<i64, Vec<u8>> = BTreeMap::new();
         let send = |node: i64, data: &mut Vec<u8>| {
-            if data.is_empty() {
-                return;
-            }
-            let target = nodes
-                .iter()
-                .find(|n| n.id == node)
-                .unwrap_or_else(|| pgrx::error!("synapse: the node of a shard is not a member"));
-            pool::in_transaction(target, true, |c| c.copy_in(&copy_sql, data));
-            data.clear();
+            super::operations::copy_to_node(&nodes, node, &copy_sql, data)
         };
         let mut copied = 0u64;
         pg_sys::SPI_connect();

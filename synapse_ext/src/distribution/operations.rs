@@ -73,6 +73,20 @@ fn check_not_in_catalog(table: pg_sys::Oid) {
     }
 }
 
+/// Sends `data` (COPY text rows) to node `node` with `copy_sql` (`COPY ... FROM STDIN`),
+/// in this transaction, and empties it.
+pub fn copy_to_node(nodes: &[NodeTarget], node: i64, copy_sql: &str, data: &mut Vec<u8>) {
+    if data.is_empty() {
+        return;
+    }
+    let target = nodes
+        .iter()
+        .find(|n| n.id == node)
+        .unwrap_or_else(|| pgrx::error!("synapse: the node of a shard is not a member"));
+    pool::in_transaction(target, true, |c| c.copy_in(copy_sql, data));
+    data.clear();
+}
+
 /// The name of shard `shard`'s partition of table `name` (at most 63 bytes).
 pub fn partition_name(name: &str, shard: u32) -> String {
     let suffix = format!("_shard_{shard}");
@@ -201,17 +215,7 @@ pub fn distribute(table: pg_sys::Oid, key: &str, shard_count: u32) {
     let texts = def.stored_as_text();
     let copy_sql = format!("COPY {table_sql} ({column_list}) FROM STDIN");
     let mut buffers: BTreeMap<i64, Vec<u8>> = BTreeMap::new();
-    let flush = |node: i64, data: &mut Vec<u8>| {
-        if data.is_empty() {
-            return;
-        }
-        let target = nodes
-            .iter()
-            .find(|n| n.id == node)
-            .expect("placed on a member");
-        pool::in_transaction(target, true, |c| c.copy_in(&copy_sql, data));
-        data.clear();
-    };
+    let flush = |node: i64, data: &mut Vec<u8>| copy_to_node(&nodes, node, &copy_sql, data);
     Spi::connect(|client| {
         let mut cursor = client.open_cursor(
             &format!(

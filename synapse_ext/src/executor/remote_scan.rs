@@ -212,16 +212,8 @@ unsafe fn begin_fragment(
             })
             .collect();
         let map = metadata::placements(shard_count as u32);
-        let me = metadata::local_node_id();
-        let mut targets: Vec<Target> = metadata::nodes()
-            .into_iter()
-            .filter(|n| map.contains(&n.id))
-            .map(|n| Target {
-                local: n.id == me,
-                node: n,
-            })
-            .collect();
-        targets.sort_by_key(|t| t.local);
+        let all: Vec<usize> = (0..map.len()).collect();
+        let targets = holding(&map, &all, metadata::local_node_id());
         (sql, targets, (map.len(), map.len()), columns, max_param)
     }
 }
@@ -251,8 +243,13 @@ unsafe fn targets(
             shards = vec![shard as usize];
         }
     }
-    let nodes = metadata::nodes();
-    let mut targets: Vec<Target> = nodes
+    (holding(&map, &shards, me), (shards.len(), map.len()))
+}
+
+/// The nodes holding any of `shards` (placed by `map`), this node (`me`) last: the others
+/// are asked first, and this node's rows are read while they work.
+fn holding(map: &[i64], shards: &[usize], me: i64) -> Vec<Target> {
+    let mut targets: Vec<Target> = metadata::nodes()
         .into_iter()
         .filter(|n| shards.iter().any(|s| map.get(*s) == Some(&n.id)))
         .map(|n| Target {
@@ -261,7 +258,7 @@ unsafe fn targets(
         })
         .collect();
     targets.sort_by_key(|t| t.local);
-    (targets, (shards.len(), map.len()))
+    targets
 }
 
 /// The shard a `key = value` clause pins the scan to, if there is one.

@@ -69,17 +69,20 @@ unsafe extern "C-unwind" fn planner(
         if crate::gucs::fragment() && !guard::is_bypassed() {
             // SAFETY: a valid rewritten Query and the planner's parameters.
             unsafe {
-                if let Some(on_partition) = router::pinned_partition(parse, bound_params) {
-                    return standard(on_partition, query_string, cursor_options, bound_params);
-                }
-                // A generic plan (the value comes at run time): a router plan, which runs
-                // the statement on the partition once the value is known.
-                if router::pinned_partition_later(parse) {
-                    if let (Route::Single { pins, node: None }, relations) =
-                        router::route(parse, bound_params)
-                    {
-                        return router::plan(parse, pins, None, relations);
+                match router::one_partition(parse, bound_params) {
+                    Some(router::OnePartition::Now(on_partition)) => {
+                        return standard(on_partition, query_string, cursor_options, bound_params)
                     }
+                    // A generic plan: a router plan, which runs the statement on the
+                    // partition once the value is known.
+                    Some(router::OnePartition::Later) => {
+                        if let (Route::Single { pins, node: None }, relations) =
+                            router::route(parse, bound_params)
+                        {
+                            return router::plan(parse, pins, None, relations);
+                        }
+                    }
+                    None => {}
                 }
             }
         }

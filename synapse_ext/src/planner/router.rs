@@ -5,7 +5,7 @@
 //! (`pg_get_querydef`, names schema-qualified) with its parameters, by a
 //! `SynapseRouter` scan. Parameters unknown at planning (generic plans) are resolved at
 //! run time; a statement over one table then runs on its shard's partition (here through
-//! a kept SPI plan, and on the node it is sent to, see [`pinned_partition`]).
+//! a kept SPI plan, and on the node it is sent to, see [`one_partition`]).
 //!
 //! A statement qualifies only if everything it reads exists alike on every node:
 //! distributed tables, reference tables, and built-in functions, operators and
@@ -554,18 +554,25 @@ unsafe fn on_partition(
     }
 }
 
-/// For a statement another node sent here (a fragment session): a SELECT, UPDATE or
-/// DELETE of one distributed table pinned to one shard by a value known now, planned on
-/// that shard's partition rather than on the partitioned table (no partition pruning at
-/// every planning, no lock on every partition). Only when the partition's columns are the
-/// table's, number for number (the statement's column numbers are the table's).
+/// Where a statement another node sent here (a fragment session) runs, when it is a
+/// SELECT, UPDATE or DELETE of one distributed table pinned to one shard.
+pub enum OnePartition {
+    /// Planned on the shard's partition (the value is known now).
+    Now(*mut pg_sys::Query),
+    /// The value is a parameter of a generic plan: known at run time only.
+    Later,
+}
+
+/// See [`OnePartition`]: the partition replaces the table in a copy of the statement only
+/// when its columns are the table's, number for number (the statement's column numbers are
+/// the table's). `None`: the statement is planned as it is.
 ///
 /// # Safety
 /// `parse` must be a valid rewritten Query, `params` the planner's parameters.
-pub unsafe fn pinned_partition(
+pub unsafe fn one_partition(
     parse: *mut pg_sys::Query,
     params: pg_sys::ParamListInfo,
-) -> Option<*mut pg_sys::Query> {
+) -> Option<OnePartition> {
     // SAFETY: reads of a valid Query and catalog lookups.
     unsafe {
         if !matches!(
@@ -585,42 +592,15 @@ pub unsafe fn pinned_partition(
             return None;
         }
         let pin = &walk.pins[0];
-        let shard = pins::shard_of_value(pin.value, params, pin.shard_count)?;
+        let Some(shard) = pins::shard_of_value(pin.value, params, pin.shard_count) else {
+            return Some(OnePartition::Later);
+        };
         let copy = on_partition(parse, rtindex, shard)?;
         let parent = PgList::<pg_sys::RangeTblEntry>::from_pg((*parse).rtable)
             .get_ptr(rtindex as usize - 1)?;
         let part = PgList::<pg_sys::RangeTblEntry>::from_pg((*copy).rtable)
             .get_ptr(rtindex as usize - 1)?;
-        same_columns((*parent).relid, (*part).relid).then_some(copy)
-    }
-}
-
-/// Whether `parse` is a SELECT, UPDATE or DELETE of one distributed table pinned to one
-/// shard by a value known only at run time (a parameter of a generic plan).
-///
-/// # Safety
-/// `parse` must be a valid rewritten Query.
-pub unsafe fn pinned_partition_later(parse: *mut pg_sys::Query) -> bool {
-    // SAFETY: reads of a valid Query.
-    unsafe {
-        if !matches!(
-            (*parse).commandType,
-            pg_sys::CmdType::CMD_SELECT | pg_sys::CmdType::CMD_UPDATE | pg_sys::CmdType::CMD_DELETE
-        ) || !(*parse).utilityStmt.is_null()
-            || single_distributed_table(parse) == 0
-        {
-            return false;
-        }
-        let mut walk = Walk::default();
-        visit_query(parse, &mut walk);
-        walk.spread.is_none()
-            && walk.pins.len() == 1
-            && pins::shard_of_value(
-                walk.pins[0].value,
-                std::ptr::null_mut(),
-                walk.pins[0].shard_count,
-            )
-            .is_none()
+        same_columns((*parent).relid, (*part).relid).then_some(OnePartition::Now(copy))
     }
 }
 
