@@ -3,10 +3,11 @@
 //!
 //! A remote transaction starts with the first statement sent to its node in a local
 //! transaction (under READ COMMITTED, with its first write or row lock: a read before
-//! runs as a transaction of its own). At local pre-commit, read-only remote transactions commit, and the ones
-//! that wrote are prepared (`PREPARE TRANSACTION`); once the local transaction has
-//! committed they are committed (`COMMIT PREPARED`), and on abort rolled back. A failure
-//! after the local commit is a WARNING naming the prepared transaction left behind.
+//! runs as a transaction of its own). At local pre-commit, read-only remote transactions
+//! commit, and the ones that wrote are prepared (`PREPARE TRANSACTION`); once the local
+//! transaction has committed they are committed (`COMMIT PREPARED`), and on abort rolled
+//! back. A failure after the local commit is a WARNING naming the prepared transaction
+//! left behind.
 //!
 //! Invariants: at most one connection per node; a connection whose protocol state is
 //! unknown (interrupted, lost) is never reused; no remote transaction outlives the local
