@@ -125,3 +125,15 @@ CREATE VIEW synapse.placements AS
     FROM synapse.table_catalog t CROSS JOIN synapse.node_catalog n
     WHERE t.kind = 'reference';
 COMMENT ON VIEW synapse.placements IS 'Where each shard of a distributed table, and each copy of a reference table, lives';
+
+-- Commit decisions of distributed transactions (synapse_core::txn): the first decision
+-- recorded for a gid wins; recovery on every node reads them, and they are forgotten once
+-- no node holds the transaction prepared.
+CREATE TABLE synapse.transaction_catalog (
+    gid text PRIMARY KEY,
+    outcome text NOT NULL CHECK (outcome IN ('commit', 'abort')),
+    coordinator bigint NOT NULL,
+    participants text[] NOT NULL,
+    decided_at_unix_ms bigint NOT NULL,
+    decided_by text NOT NULL
+);

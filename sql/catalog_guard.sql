@@ -15,3 +15,5 @@ CREATE TRIGGER catalog_write_guard BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE
     FOR EACH STATEMENT EXECUTE FUNCTION synapse.catalog_write_guard();
 CREATE TRIGGER catalog_write_guard BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON synapse.placement_catalog
     FOR EACH STATEMENT EXECUTE FUNCTION synapse.catalog_write_guard();
+CREATE TRIGGER catalog_write_guard BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON synapse.transaction_catalog
+    FOR EACH STATEMENT EXECUTE FUNCTION synapse.catalog_write_guard();

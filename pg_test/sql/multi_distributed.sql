@@ -164,6 +164,11 @@ SELECT count(*) AS misplaced FROM copy_in c
  WHERE (p.node = 'node1') <> (c.n < 0);
 COPY (SELECT id + 1000, 'x' FROM generate_series(1, 50) id) TO '/tmp/synapse_regress_copy_all.txt';
 COPY copy_in (id, name) FROM '/tmp/synapse_regress_copy_all.txt';
+-- In a transaction block the rows for every node commit together (two-phase commit).
+BEGIN;
+COPY copy_in (id, name) FROM '/tmp/synapse_regress_copy_all.txt';
+COMMIT;
+SELECT count(*) AS copied_everywhere FROM copy_in WHERE id > 1000;
 COPY copy_in (id, name) FROM PROGRAM 'printf "7\tok\nseven\tbad\n"';
 SELECT count(*) FROM copy_in;
 \c - - - :node2_port

@@ -211,6 +211,12 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        // SYNAPSE_KEEP_FAILED=1 keeps a failed test's cluster (stopped) for its logs.
+        if std::thread::panicking() && std::env::var_os("SYNAPSE_KEEP_FAILED").is_some() {
+            let _ = self.script(&["stop"]);
+            eprintln!("cluster kept in {}", self.dir.display());
+            return;
+        }
         let out = self.script(&["down"]);
         if !out.status.success() {
             eprintln!("cluster down failed:\n{}", text(&out));

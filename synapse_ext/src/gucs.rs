@@ -96,7 +96,64 @@ static PLACEMENT_VNODES: GucSetting<i32> =
 /// hold to any one other node (0: no limit).
 static MAX_NODE_CONNECTIONS: GucSetting<i32> = GucSetting::<i32>::new(200);
 
+/// `synapse.two_phase_timeout`: a transaction prepared longer ago than this without a
+/// commit decision is rolled back by recovery, in ms.
+static TWO_PHASE_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(60_000);
+
+/// `synapse.recovery_interval`: how often the maintenance worker resolves this node's
+/// prepared transactions, in ms.
+static RECOVERY_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(5_000);
+
+/// `synapse.failpoints`: failpoints of the distributed commit, for tests (see
+/// `txn::failpoints`); superuser only.
+static FAILPOINTS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+/// `synapse.trace_transactions`: log each step of every distributed commit (LOG level).
+static TRACE_TRANSACTIONS: GucSetting<bool> = GucSetting::<bool>::new(false);
+
+/// `synapse.deadlock_scan_interval`: how often the deadlock worker on the Raft leader
+/// looks for deadlocks that span nodes, in ms; 0: twice `deadlock_timeout`.
+static DEADLOCK_SCAN_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(0);
+
 pub fn init() {
+    GucRegistry::define_int_guc(
+        c"synapse.deadlock_scan_interval",
+        c"How often the Raft leader looks for deadlocks that span nodes.",
+        c"0 means twice deadlock_timeout.",
+        &DEADLOCK_SCAN_INTERVAL,
+        0,
+        600_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_bool_guc(
+        c"synapse.trace_transactions",
+        c"Log each step of every distributed commit.",
+        c"For diagnosing: one LOG line per prepare, decision and commit or rollback.",
+        &TRACE_TRANSACTIONS,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    define_ms(
+        c"synapse.two_phase_timeout",
+        c"Roll back a transaction prepared longer ago than this without a commit decision.",
+        &TWO_PHASE_TIMEOUT,
+        GucContext::Sighup,
+    );
+    define_ms(
+        c"synapse.recovery_interval",
+        c"How often the maintenance worker resolves this node's prepared transactions.",
+        &RECOVERY_INTERVAL,
+        GucContext::Sighup,
+    );
+    GucRegistry::define_string_guc(
+        c"synapse.failpoints",
+        c"Failpoints of the distributed commit, for tests: point:action, comma-separated.",
+        c"Points after_prepare, after_decision, between_commit_prepared; actions error, crash, pause.",
+        &FAILPOINTS,
+        GucContext::Suset,
+        GucFlags::NO_SHOW_ALL,
+    );
     GucRegistry::define_int_guc(
         c"synapse.max_node_connections",
         c"The most connections this node's backends together hold to any one other node.",
@@ -411,6 +468,30 @@ pub fn raft_timeout_ms() -> u64 {
 
 pub fn max_node_connections() -> i32 {
     MAX_NODE_CONNECTIONS.get()
+}
+
+pub fn two_phase_timeout_ms() -> i64 {
+    i64::from(TWO_PHASE_TIMEOUT.get())
+}
+
+pub fn recovery_interval_ms() -> u64 {
+    RECOVERY_INTERVAL.get() as u64
+}
+
+pub fn deadlock_scan_interval_ms() -> u64 {
+    match DEADLOCK_SCAN_INTERVAL.get() {
+        // SAFETY: reads PostgreSQL's deadlock_timeout setting (ms), main thread.
+        0 => 2 * unsafe { pg_sys::DeadlockTimeout }.max(1) as u64,
+        ms => ms as u64,
+    }
+}
+
+pub fn trace_transactions() -> bool {
+    TRACE_TRANSACTIONS.get()
+}
+
+pub fn failpoints() -> String {
+    string_of(&FAILPOINTS)
 }
 
 pub fn fragment() -> bool {

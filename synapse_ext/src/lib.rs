@@ -9,6 +9,7 @@ use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 
 mod api;
+mod deadlock;
 mod distribution;
 mod executor;
 mod gucs;
@@ -16,6 +17,7 @@ mod pg;
 mod planner;
 mod remote;
 mod shmem;
+mod txn;
 mod worker;
 
 pgrx::pg_module_magic!();
@@ -41,6 +43,17 @@ pgrx::extension_sql_file!(
     finalize
 );
 pgrx::extension_sql_file!(
+    "../../sql/transactions.sql",
+    name = "synapse_transactions",
+    requires = [
+        "synapse_catalog",
+        transactions,
+        distributed_activity_here,
+        recover_transactions,
+        wait_graph
+    ]
+);
+pgrx::extension_sql_file!(
     "../../sql/catalog_guard.sql",
     name = "synapse_catalog_guard",
     requires = ["synapse_catalog", catalog_write_guard]
@@ -64,6 +77,9 @@ pub extern "C-unwind" fn _PG_init() {
     }
     gucs::init();
     shmem::init();
+    txn::activity::init();
+    // Deadlock victims' cancels are reported as SQLSTATE 40P01 (emit_log_hook).
+    deadlock::init();
     // Planner hooks: route statements over distributed tables (planner_hook,
     // set_rel_pathlist_hook), with the SynapseScan custom scan.
     planner::install();

@@ -21,10 +21,20 @@ pub enum WorkerKind {
     Raft,
     /// Runs SWIM failure detection among the members.
     Gossip,
+    /// Recovers prepared transactions.
+    Maintenance,
+    /// Breaks deadlocks that span nodes (active on the Raft leader).
+    Deadlock,
 }
 
 impl WorkerKind {
-    pub const ALL: [WorkerKind; 3] = [WorkerKind::Supervisor, WorkerKind::Raft, WorkerKind::Gossip];
+    pub const ALL: [WorkerKind; 5] = [
+        WorkerKind::Supervisor,
+        WorkerKind::Raft,
+        WorkerKind::Gossip,
+        WorkerKind::Maintenance,
+        WorkerKind::Deadlock,
+    ];
 
     /// The name shown as `backend_type` in `pg_stat_activity` and in `synapse.workers()`.
     pub fn name(self) -> &'static str {
@@ -32,6 +42,8 @@ impl WorkerKind {
             WorkerKind::Supervisor => "synapse supervisor",
             WorkerKind::Raft => "synapse raft",
             WorkerKind::Gossip => "synapse gossip",
+            WorkerKind::Maintenance => "synapse maintenance",
+            WorkerKind::Deadlock => "synapse deadlock",
         }
     }
 

@@ -3,6 +3,7 @@
 //! crate, so everything here is tested with plain `cargo test`.
 
 pub mod breaker;
+pub mod deadlock;
 pub mod distribution;
 pub mod health;
 pub mod linearizability;
@@ -13,3 +14,4 @@ pub mod supervisor;
 pub mod swim;
 pub mod thread;
 pub mod tls;
+pub mod txn;

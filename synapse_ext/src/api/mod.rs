@@ -8,6 +8,7 @@ use crate::shmem;
 mod cluster;
 mod distribution;
 mod gossip;
+mod transactions;
 
 /// `synapse.version()`: the versions of the loaded library and of the installed extension.
 /// They differ after a library upgrade until `ALTER EXTENSION synapse UPDATE` runs.

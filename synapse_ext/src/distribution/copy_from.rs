@@ -20,7 +20,6 @@ use super::guard;
 use super::metadata;
 use super::shard_key::{self, KeyType};
 use crate::remote::connection::copy_text;
-use crate::remote::pool;
 
 /// Bytes of COPY data gathered for a node before they are sent.
 const BATCH_BYTES: usize = 1 << 20;
@@ -199,7 +198,6 @@ pub unsafe fn copy_from(
             send(*node, data);
         }
         pg_sys::SPI_finish();
-        pool::check_single_writer();
         pg_sys::EndCopyFrom(cstate);
         pg_sys::FreeExprContext(econtext, true);
         pg_sys::MemoryContextDelete(row_cxt);

@@ -127,7 +127,7 @@ unsafe extern "C-unwind" fn begin(
                     "the statement's shard key values are on several nodes",
                     "synapse",
                 )
-                .set_hint("A statement that writes on several nodes needs two-phase commit, which is not available yet; write each node's rows in its own transaction.")
+                .set_hint("Write each node's rows in a statement of its own; a transaction block of such statements commits them together.")
                 .report(PgLogLevel::ERROR);
             }
             ids.first().copied()

@@ -30,12 +30,30 @@ pub fn call(request: &LocalRequest, timeout: Duration) -> LocalReply {
     }
 }
 
+/// Like [`call`], but a failure (the raft worker's, or no answer in time) is returned,
+/// not raised. An interrupt still raises unless interrupts are held off.
+pub fn try_call(request: &LocalRequest, timeout: Duration) -> Result<LocalReply, NodeError> {
+    match try_exchange::<_, LocalReply>("raft", request, timeout)? {
+        LocalReply::Failed(e) => Err(e),
+        reply => Ok(reply),
+    }
+}
+
 /// Sends `request` to this node's `worker` and waits up to `timeout` for its answer.
 pub fn exchange<Q: Serialize, A: DeserializeOwned>(
     worker: &str,
     request: &Q,
     timeout: Duration,
 ) -> A {
+    try_exchange(worker, request, timeout).unwrap_or_else(|e| report(e))
+}
+
+/// [`exchange`], returning failures.
+pub fn try_exchange<Q: Serialize, A: DeserializeOwned>(
+    worker: &str,
+    request: &Q,
+    timeout: Duration,
+) -> Result<A, NodeError> {
     let path = socket_path(worker);
     let deadline = Instant::now() + timeout;
     // Right after CREATE EXTENSION the worker needs a moment to open its socket: wait for
@@ -44,7 +62,7 @@ pub fn exchange<Q: Serialize, A: DeserializeOwned>(
         match UnixStream::connect(&path) {
             Ok(stream) => break stream,
             Err(e) if Instant::now() >= deadline || !matches!(e.kind(), IoKind::NotFound | IoKind::ConnectionRefused) => {
-                report(
+                return Err(
                     NodeError::new(ErrorKind::Unavailable, format!("the synapse {worker} worker of this node is not running ({e})"))
                         .hint("Check the server log; the worker starts after CREATE EXTENSION synapse and restarts after failures."),
                 )
@@ -55,12 +73,12 @@ pub fn exchange<Q: Serialize, A: DeserializeOwned>(
     let mut out = serde_json::to_vec(request).expect("serializable");
     out.push(b'\n');
     // The request is small: the socket buffer takes it whole.
-    stream.write_all(&out).unwrap_or_else(|e| {
-        report(NodeError::new(
+    stream.write_all(&out).map_err(|e| {
+        NodeError::new(
             ErrorKind::Unavailable,
             format!("{worker} worker socket: {e}"),
-        ))
-    });
+        )
+    })?;
     stream.set_nonblocking(true).expect("non-blocking socket");
 
     let mut answer = Vec::new();
@@ -77,14 +95,16 @@ pub fn exchange<Q: Serialize, A: DeserializeOwned>(
             }
             Err(e) if e.kind() == IoKind::WouldBlock => {}
             Err(e) if e.kind() == IoKind::Interrupted => continue,
-            Err(e) => report(NodeError::new(
-                ErrorKind::Unavailable,
-                format!("{worker} worker socket: {e}"),
-            )),
+            Err(e) => {
+                return Err(NodeError::new(
+                    ErrorKind::Unavailable,
+                    format!("{worker} worker socket: {e}"),
+                ))
+            }
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            report(
+            return Err(
                 NodeError::new(ErrorKind::Unavailable, format!("no answer from the synapse {worker} worker within {} ms; the outcome is unknown", timeout.as_millis()))
                     .hint("Check SELECT * FROM synapse.raft_status(); raise synapse.raft_timeout if the cluster is just slow."),
             );
@@ -105,11 +125,11 @@ pub fn exchange<Q: Serialize, A: DeserializeOwned>(
         }
         pg_sys::check_for_interrupts!();
     }
-    serde_json::from_slice::<A>(&answer).unwrap_or_else(|e| {
-        report(NodeError::new(
+    serde_json::from_slice::<A>(&answer).map_err(|e| {
+        NodeError::new(
             ErrorKind::Internal,
             format!("bad answer from the {worker} worker: {e}"),
-        ))
+        )
     })
 }
 

@@ -144,8 +144,9 @@ unsafe extern "C-unwind" fn planner(
     stmt
 }
 
-/// A write to a distributed table that is not on one node needs two-phase commit, which
-/// is not available yet; row locks on several nodes are not supported either.
+/// A single statement writing a distributed table on several nodes is not supported yet
+/// (a transaction of several statements may write on several nodes); row locks on
+/// several nodes are not supported either.
 unsafe fn refuse_writes(parse: *mut pg_sys::Query, why: &str) {
     // SAFETY: a valid Query.
     unsafe {
@@ -189,7 +190,7 @@ unsafe fn refuse_writes(parse: *mut pg_sys::Query, why: &str) {
                 PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
                 format!("{verb} distributed table \"{}\" must run on one node: {why}", rel_name((*rte).relid)),
                 "Pin the statement to one shard with its key (WHERE key = value, or key values of one node in an INSERT); \
-                 writes that span nodes need two-phase commit, which is not available yet.",
+                 a transaction block of such statements may write on several nodes and commits them together.",
             );
         }
     }

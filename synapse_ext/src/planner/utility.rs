@@ -11,8 +11,9 @@
 //!   `COPY` into a reference table are refused with a clear error;
 //! - `COPY table FROM` sends each row to its shard's node (`distribution::copy_from`).
 //!
-//! Like synapse's own operations these change every node in one transaction: the other
-//! nodes' parts are prepared at commit and committed after the local commit.
+//! Like synapse's own operations these change every node in one transaction, committed
+//! with two-phase commit (`txn::coordinator`). The COMMIT of a transaction block that
+//! wrote here and on other nodes is run by `txn::coordinator::commit_statement`.
 
 use std::ffi::CStr;
 use std::os::raw::c_char;
@@ -185,6 +186,17 @@ unsafe extern "C-unwind" fn handled(
         }
     };
     let standard = || run(pstmt);
+    // SAFETY: a valid utility statement, at top level when `context` says so.
+    unsafe {
+        let stmt = (*pstmt).utilityStmt;
+        if !stmt.is_null()
+            && (*stmt).type_ == pg_sys::NodeTag::T_TransactionStmt
+            && context == pg_sys::ProcessUtilityContext::PROCESS_UTILITY_TOPLEVEL
+            && crate::txn::coordinator::commit_statement(stmt.cast())
+        {
+            return true;
+        }
+    }
     if !super::routing_active() {
         return false;
     }
@@ -494,8 +506,11 @@ unsafe fn plan_utility(pstmt: *mut pg_sys::PlannedStmt, query_string: *const c_c
                             return Utility::CopyFrom(s, t.oid);
                         }
                         refuse(
-                            format!("COPY into {} table \"{}\" is not supported yet", t.kind, t.name),
-                            "Writes to reference tables reach every node only with two-phase commit, which is not available yet.",
+                            format!(
+                                "COPY into {} table \"{}\" is not supported yet",
+                                t.kind, t.name
+                            ),
+                            "Writing a reference table on every node is not supported yet.",
                         );
                     }
                 } else if let Some(t) = named((*s).relation) {

@@ -18,6 +18,9 @@ use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pq_sys as pq;
 
+/// How long data sent to a node may stay unacknowledged before its connection breaks.
+const NODE_TCP_TIMEOUT_MS: u32 = 5000;
+
 /// A node to connect to, from `synapse.node_catalog`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeTarget {
@@ -51,6 +54,11 @@ pub struct Failure {
 }
 
 impl RemoteError {
+    /// The node cannot be used now (without a connection attempt).
+    pub fn unavailable(node: &str, message: String) -> RemoteError {
+        RemoteError::lost(node, message)
+    }
+
     fn lost(node: &str, message: String) -> RemoteError {
         RemoteError(Box::new(Failure {
             node: node.to_owned(),
@@ -235,8 +243,9 @@ pub struct Connection {
     pub target: NodeTarget,
     /// An interrupt or error left the protocol state unknown: never reuse.
     pub broken: bool,
-    /// A `BEGIN` to send with the next statement, in the same round trip.
-    pub pending_begin: Option<String>,
+    /// Statements opening a transaction (`BEGIN`, joining the global transaction) to send
+    /// with the next statement, in the same round trip.
+    pub pending_begin: Vec<String>,
     /// The statement in flight went in a pipeline: what to read before its sync.
     pipeline: Option<Pipeline>,
     /// Statements prepared in the remote session (SQL → statement name): parsed once
@@ -286,6 +295,14 @@ impl Connection {
             ("sslcrl", file("crl.pem")),
             // Our node runs its statements as a fragment: never routed again.
             ("options", "-c synapse.fragment=on".into()),
+            // A node that stops answering (partitioned away, its machine gone) is given up
+            // on: data unacknowledged for this long, or an idle connection whose
+            // keepalives go unanswered, breaks the connection. libpq 15 applies the same
+            // to a cancel request's connection, which would otherwise block.
+            ("tcp_user_timeout", NODE_TCP_TIMEOUT_MS.to_string()),
+            ("keepalives_idle", "10".into()),
+            ("keepalives_interval", "2".into()),
+            ("keepalives_count", "3".into()),
         ];
         let keys: Vec<CString> = params.iter().map(|(k, _)| cstring(k)).collect();
         let values: Vec<CString> = params.iter().map(|(_, v)| cstring(v)).collect();
@@ -304,7 +321,7 @@ impl Connection {
             conn,
             target: target.clone(),
             broken: false,
-            pending_begin: None,
+            pending_begin: Vec::new(),
             pipeline: None,
             prepared: HashMap::new(),
             names: 0,
@@ -369,16 +386,19 @@ impl Connection {
     /// statements to several nodes run at once.
     pub fn send(&mut self, sql: &str, params: &[Option<&str>]) -> Result<(), RemoteError> {
         self.read_unread()?;
-        if let Some(begin) = self.pending_begin.take() {
+        if !self.pending_begin.is_empty() {
+            let begin = std::mem::take(&mut self.pending_begin);
             if params.is_empty() {
                 // One simple query: BEGIN and the statement(s) in one round trip.
-                return self.send_one(&format!("{begin};\n{sql}"), params);
+                return self.send_one(&format!("{};\n{sql}", begin.join(";\n")), params);
             }
             // With parameters: BEGIN and the statement in one pipeline, one round trip.
             self.enter_pipeline()?;
-            self.send_params(&begin, &[])?;
+            for statement in &begin {
+                self.send_params(statement, &[])?;
+            }
             self.send_params(sql, params)?;
-            return self.sync(2, None);
+            return self.sync(begin.len() + 1, None);
         }
         self.send_one(sql, params)
     }
@@ -399,11 +419,11 @@ impl Connection {
             return self.send(sql, params);
         }
         self.read_unread()?;
-        let begin = self.pending_begin.take();
+        let begin = std::mem::take(&mut self.pending_begin);
         self.enter_pipeline()?;
         let mut results = 0;
-        if let Some(begin) = begin {
-            self.send_params(&begin, &[])?;
+        for statement in &begin {
+            self.send_params(statement, &[])?;
             results += 1;
         }
         if retire {
@@ -615,7 +635,8 @@ impl Connection {
     /// `COPY ... FROM STDIN` with `data` in COPY text format.
     pub fn copy_in(&mut self, sql: &str, data: &[u8]) -> Result<u64, RemoteError> {
         self.read_unread()?;
-        if let Some(begin) = self.pending_begin.take() {
+        if !self.pending_begin.is_empty() {
+            let begin = std::mem::take(&mut self.pending_begin).join(";\n");
             self.send_one(&begin, &[])?;
             self.finish(None)?;
         }
@@ -767,11 +788,17 @@ impl Connection {
                 }
                 w
             };
-            // SAFETY: reads a flag set by signal handlers of this process.
-            if unsafe { pg_sys::InterruptPending } != 0 {
+            // SAFETY: reads flags of this process (set by its signal handlers).
+            let interruptible = unsafe {
+                pg_sys::InterruptPending != 0
+                    && pg_sys::InterruptHoldoffCount == 0
+                    && pg_sys::CritSectionCount == 0
+            };
+            // While interrupts are held (a commit in progress) the statement runs on: the
+            // interrupt is served once they are resumed.
+            if interruptible {
                 self.cancel();
                 pg_sys::check_for_interrupts!();
-                // Interrupts are held (e.g. during commit): carry on waiting.
             }
             if woken & (pg_sys::WL_SOCKET_READABLE | pg_sys::WL_SOCKET_WRITEABLE) as c_int != 0 {
                 return Ok(true);

@@ -3,15 +3,14 @@
 //!
 //! A remote transaction starts with the first statement sent to its node in a local
 //! transaction (under READ COMMITTED, with its first write or row lock: a read before
-//! runs as a transaction of its own). At local pre-commit, read-only remote transactions
-//! commit, and the ones that wrote are prepared (`PREPARE TRANSACTION`); once the local
-//! transaction has committed they are committed (`COMMIT PREPARED`), and on abort rolled
-//! back. A failure after the local commit is a WARNING naming the prepared transaction
-//! left behind.
+//! runs as a transaction of its own); the first one gives the local transaction its
+//! global id (gxid), which every participant joins. How they end is
+//! `txn::coordinator`'s: read-only ones commit at local pre-commit, one writer commits
+//! plainly, several writers commit with two-phase commit.
 //!
 //! Invariants: at most one connection per node; a connection whose protocol state is
 //! unknown (interrupted, lost) is never reused; no remote transaction outlives the local
-//! transaction that opened it (except a prepared one whose COMMIT PREPARED failed).
+//! transaction that opened it, except a prepared one, which recovery finishes.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -20,18 +19,21 @@ use std::time::Duration;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
+use synapse_core::txn::Gxid;
+
 use super::connection::{ClientTls, Connection, NodeTarget, RemoteError};
 use crate::gucs;
+use crate::txn::activity;
 
 /// The state of the remote transaction on one connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
-enum RemoteTxn {
+pub enum RemoteTxn {
     /// No transaction block open.
     Idle,
     /// BEGIN sent in the current local transaction; `writes` once a write was sent.
     Open { writes: bool },
-    /// Prepared at local pre-commit under this global id; committed or rolled back when the
-    /// local transaction ends.
+    /// Prepared under this gid; committed or rolled back by the coordinator (or, if it
+    /// fails, by recovery).
     Prepared(String),
 }
 
@@ -44,13 +46,15 @@ struct Entry {
 struct Pool {
     entries: BTreeMap<i64, Entry>,
     callbacks_registered: bool,
-    /// Counts prepared transactions, for unique global ids.
-    prepared: u64,
+    /// The current transaction's global id, once it opened a remote transaction.
+    gxid: Option<Gxid>,
+    /// Its entry in `synapse.transactions`.
+    tracked: Option<activity::Tracked>,
     /// A savepoint rolled back after remote work: the remote transactions no longer match
     /// the local one, so the transaction may not commit.
     diverged: bool,
-    /// synapse's own operations (distributing a table) may write on several nodes: their
-    /// remote transactions are prepared and committed after the local commit.
+    /// synapse's own operations (distributing a table) write here and on other nodes in
+    /// transactions that do not end with a COMMIT statement (see `txn::coordinator`).
     several_writers: bool,
 }
 
@@ -58,6 +62,10 @@ thread_local! {
     // Backends are single-threaded: this is per-backend state.
     static POOL: RefCell<Pool> = RefCell::new(Pool::default());
 }
+
+/// How long the end of a transaction waits for a node's answer to its ROLLBACK or COMMIT
+/// PREPARED.
+pub const END_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -90,17 +98,44 @@ pub fn with_access<R>(
     access: Access,
     f: impl FnOnce(&mut Connection) -> Result<R, RemoteError>,
 ) -> R {
-    let writes = access == Access::Write;
-    register_callbacks();
     if POOL.with(|p| p.borrow().diverged) {
         diverged_error();
     }
     check_available(target);
+    try_with_access(target, access, f).unwrap_or_else(|e| e.report())
+}
+
+/// [`with_access`] returning a failure (a node down, its breaker open, its error) instead
+/// of raising it.
+pub fn try_with_access<R>(
+    target: &NodeTarget,
+    access: Access,
+    f: impl FnOnce(&mut Connection) -> Result<R, RemoteError>,
+) -> Result<R, RemoteError> {
+    register_callbacks();
+    if let Err(retry_at_ms) = crate::shmem::breaker_allow(&target.name) {
+        return Err(RemoteError::unavailable(
+            &target.name,
+            format!(
+                "its circuit breaker is open (next try in {} ms)",
+                (retry_at_ms - now_ms()).max(0)
+            ),
+        ));
+    }
     let result = POOL.with(|p| {
         let mut pool = p.borrow_mut();
         let entry = match pool.entries.remove(&target.id) {
             Some(e) if e.conn.usable() && e.conn.target == *target => e,
-            _ => {
+            old => {
+                if let Some(old) = old.filter(|o| o.txn != RemoteTxn::Idle) {
+                    if gucs::trace_transactions() {
+                        pgrx::log!(
+                            "synapse 2pc: replacing a broken connection to {} in state {:?}",
+                            target.name,
+                            old.txn
+                        );
+                    }
+                }
                 let limit = gucs::max_node_connections();
                 if limit > 0 && crate::shmem::peer_status(&target.name).1 >= limit {
                     too_many(target, limit);
@@ -116,33 +151,71 @@ pub fn with_access<R>(
                 }
             }
         };
+        let opens =
+            entry.txn == RemoteTxn::Idle && (access != Access::Read || reads_need_transaction());
+        let gxid = if opens {
+            Some(global_id(&mut pool))
+        } else {
+            None
+        };
         let entry = pool.entries.entry(target.id).or_insert(entry);
-        if entry.txn == RemoteTxn::Idle && (access != Access::Read || reads_need_transaction()) {
+        if let Some(gxid) = gxid {
             // Sent with the first statement, in the same round trip.
-            entry.conn.pending_begin = Some(begin_statement());
+            entry.conn.pending_begin = vec![
+                begin_statement(),
+                format!("SELECT synapse.join_transaction('{gxid}')"),
+            ];
             entry.txn = RemoteTxn::Open { writes: false };
         }
-        if writes {
+        if access == Access::Write {
             entry.txn = RemoteTxn::Open { writes: true };
         }
         f(&mut entry.conn)
     });
-    let result = match result {
-        Ok(r) => {
-            crate::shmem::breaker_success(&target.name);
-            r
-        }
-        Err(e) => {
-            if e.connection_lost {
-                crate::shmem::breaker_failure(&target.name);
-            }
-            e.report()
-        }
-    };
-    if writes {
-        check_single_writer();
+    match &result {
+        Ok(_) => crate::shmem::breaker_success(&target.name),
+        Err(e) if e.connection_lost => crate::shmem::breaker_failure(&target.name),
+        Err(_) => {}
     }
     result
+}
+
+/// The current transaction's global id, given now if it has none: it is about to open a
+/// transaction on another node.
+fn global_id(pool: &mut Pool) -> Gxid {
+    if let Some(g) = pool.gxid {
+        return g;
+    }
+    let g = activity::new_gxid(crate::distribution::metadata::local_node_id() as u64);
+    activity::join(g, true);
+    pool.tracked = Some(activity::track(g));
+    pool.gxid = Some(g);
+    g
+}
+
+/// The current transaction's global id, if it has one.
+pub fn gxid() -> Option<Gxid> {
+    POOL.with(|p| p.borrow().gxid)
+}
+
+/// Moves the current transaction to `state` in `synapse.transactions`.
+pub fn set_state(state: synapse_core::txn::TxnState) {
+    POOL.with(|p| {
+        let pool = p.borrow();
+        if let (Some(t), Some(g)) = (&pool.tracked, pool.gxid) {
+            t.set(g, state);
+        }
+    });
+}
+
+/// Records the current transaction's participants in `synapse.transactions`.
+pub fn set_participants(nodes: &[u64]) {
+    POOL.with(|p| {
+        let pool = p.borrow();
+        if let (Some(t), Some(g)) = (&pool.tracked, pool.gxid) {
+            t.participants(g, nodes);
+        }
+    });
 }
 
 fn now_ms() -> i64 {
@@ -184,48 +257,152 @@ pub fn check_available(target: &NodeTarget) {
     }
 }
 
-/// Lets the current transaction write on several nodes (synapse's own operations).
+/// Lets the current transaction write here and on other nodes without ending with a
+/// COMMIT statement (synapse's own operations).
 pub fn allow_several_writers() {
     POOL.with(|p| p.borrow_mut().several_writers = true);
 }
 
+pub fn several_writers_allowed() -> bool {
+    POOL.with(|p| p.borrow().several_writers)
+}
+
+/// A node written in the current transaction.
+pub struct Writer {
+    pub id: i64,
+    pub name: String,
+}
+
 /// The nodes (other than this one) written in the current transaction.
-fn remote_writers() -> Vec<String> {
+pub fn remote_writers() -> Vec<Writer> {
     POOL.with(|p| {
         p.borrow()
             .entries
-            .values()
-            .filter(|e| e.txn == RemoteTxn::Open { writes: true })
-            .map(|e| e.conn.target.name.clone())
+            .iter()
+            .filter(|(_, e)| e.txn == RemoteTxn::Open { writes: true })
+            .map(|(id, e)| Writer {
+                id: *id,
+                name: e.conn.target.name.clone(),
+            })
             .collect()
     })
 }
 
-fn wrote_here() -> bool {
+/// Whether the current transaction wrote on this node.
+pub fn wrote_here() -> bool {
     // SAFETY: reads the current transaction's state, main thread.
     unsafe { pg_sys::GetTopTransactionIdIfAny() != pg_sys::InvalidTransactionId }
 }
 
-/// Until two-phase commit lands, a transaction writes on one node only, so that it
-/// commits everywhere or nowhere.
-/// Refuses a transaction that writes on more than one node (until two-phase commit).
-pub fn check_single_writer() {
-    if POOL.with(|p| p.borrow().several_writers) {
-        return;
-    }
-    let mut writers = remote_writers();
-    if wrote_here() {
-        writers.push(format!("{} (this node)", gucs::node_name()));
-    }
-    if writers.len() > 1 {
-        pgrx::pg_sys::panic::ErrorReport::new(
-            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-            format!("this transaction writes on several nodes ({})", writers.join(", ")),
-            "synapse pool",
-        )
-        .set_detail("Committing it without two-phase commit could commit on some nodes and not others.")
-        .set_hint("Write each node's rows in a transaction of its own; two-phase commit, which lifts this limit, is not available yet.")
-        .report(PgLogLevel::ERROR);
+/// Sends `statement(id)` to each node of `ids` at once, then collects every answer; an
+/// entry's state becomes `next(id, ok)`.
+pub fn on_each(
+    ids: &[i64],
+    statement: impl Fn(i64) -> String,
+    next: impl Fn(i64, bool) -> RemoteTxn,
+) -> Vec<(i64, String, Result<(), RemoteError>)> {
+    on_each_while(ids, statement, || {}, None, next)
+}
+
+/// [`on_each`], running `meanwhile` after sending and before collecting the answers, which
+/// are awaited until `deadline`.
+pub fn on_each_while(
+    ids: &[i64],
+    statement: impl Fn(i64) -> String,
+    meanwhile: impl FnOnce(),
+    deadline: Option<std::time::Instant>,
+    next: impl Fn(i64, bool) -> RemoteTxn,
+) -> Vec<(i64, String, Result<(), RemoteError>)> {
+    let sent = POOL.with(|p| {
+        let mut pool = p.borrow_mut();
+        let mut sent = Vec::new();
+        let mut out = Vec::new();
+        for &id in ids {
+            let Some(entry) = pool.entries.get_mut(&id) else {
+                continue;
+            };
+            let name = entry.conn.target.name.clone();
+            match entry.conn.send(&statement(id), &[]) {
+                Ok(()) => sent.push((id, name)),
+                Err(e) => {
+                    entry.txn = next(id, false);
+                    out.push((id, name, Err(e)));
+                }
+            }
+        }
+        (sent, out)
+    });
+    meanwhile();
+    POOL.with(|p| {
+        let mut pool = p.borrow_mut();
+        let (sent, mut out) = sent;
+        for (id, name) in sent {
+            let entry = pool.entries.get_mut(&id).expect("sent to it");
+            let result = entry.conn.finish(deadline).map(|_| ());
+            entry.txn = next(id, result.is_ok());
+            out.push((id, name, result));
+        }
+        out
+    })
+}
+
+/// The nodes whose remote transaction is prepared as `gid`.
+pub fn prepared_as(gid: &str) -> Vec<Writer> {
+    POOL.with(|p| {
+        p.borrow()
+            .entries
+            .iter()
+            .filter(|(_, e)| matches!(&e.txn, RemoteTxn::Prepared(g) if g == gid))
+            .map(|(id, e)| Writer {
+                id: *id,
+                name: e.conn.target.name.clone(),
+            })
+            .collect()
+    })
+}
+
+/// Forgets every remote transaction of the current one without ending it (recovery will:
+/// the outcome is not known here).
+pub fn abandon_remote_transactions() {
+    POOL.with(|p| {
+        for entry in p.borrow_mut().entries.values_mut() {
+            if matches!(entry.txn, RemoteTxn::Prepared(_)) {
+                entry.txn = RemoteTxn::Idle;
+            }
+        }
+    });
+}
+
+/// Commits the read-only remote transactions (their answers are read before each
+/// connection's next use: nothing to wait for).
+pub fn commit_readers() {
+    POOL.with(|p| {
+        for entry in p.borrow_mut().entries.values_mut() {
+            if entry.txn == (RemoteTxn::Open { writes: false }) {
+                entry.txn = RemoteTxn::Idle;
+                if entry.conn.send("COMMIT", &[]).is_ok() {
+                    entry.conn.answer_later();
+                }
+            }
+        }
+    });
+}
+
+/// Whether the current transaction still has remote transactions open or prepared.
+pub fn has_remote_transactions() -> bool {
+    POOL.with(|p| {
+        p.borrow()
+            .entries
+            .values()
+            .any(|e| e.txn != RemoteTxn::Idle)
+    })
+}
+
+/// Raises the error of a transaction whose savepoint rollback diverged from its remote
+/// transactions.
+pub fn check_not_diverged() {
+    if POOL.with(|p| p.borrow().diverged) {
+        diverged_error();
     }
 }
 
@@ -322,11 +499,16 @@ unsafe extern "C-unwind" fn on_subxact(
     _parent: pg_sys::SubTransactionId,
     _arg: *mut std::ffi::c_void,
 ) {
-    if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
+    // synapse's own subtransactions (finishing a prepared transaction) touch no remote
+    // transaction.
+    if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB
+        && !crate::pg::xact::in_internal_subtransaction()
+    {
         POOL.with(|p| {
-            let mut pool = p.borrow_mut();
-            if pool.entries.values().any(|e| e.txn != RemoteTxn::Idle) {
-                pool.diverged = true;
+            if let Ok(mut pool) = p.try_borrow_mut() {
+                if pool.entries.values().any(|e| e.txn != RemoteTxn::Idle) {
+                    pool.diverged = true;
+                }
             }
         });
     }
@@ -336,113 +518,31 @@ unsafe extern "C-unwind" fn on_subxact(
 unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
     use pg_sys::XactEvent::*;
     match event {
-        XACT_EVENT_PRE_COMMIT => pre_commit(),
-        XACT_EVENT_PRE_PREPARE if has_remote_transactions() => {
-            pgrx::pg_sys::panic::ErrorReport::new(
-                PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-                "cannot PREPARE a transaction that ran statements on other nodes",
-                "synapse pool",
-            )
-            .report(PgLogLevel::ERROR);
-        }
+        XACT_EVENT_PRE_COMMIT => crate::txn::coordinator::pre_commit(),
+        XACT_EVENT_PRE_PREPARE => crate::txn::coordinator::pre_prepare(),
         XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT => end(true),
         XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => end(false),
+        // The transaction was prepared (a COMMIT that prepares this node's part too): the
+        // coordinator finishes it in a transaction of its own.
+        XACT_EVENT_PREPARE => {}
         _ => {}
     }
 }
 
-fn has_remote_transactions() -> bool {
-    POOL.with(|p| {
-        p.borrow()
-            .entries
-            .values()
-            .any(|e| e.txn != RemoteTxn::Idle)
-    })
-}
-
-/// Commits read-only remote transactions and prepares the others; any failure aborts the
-/// local transaction (and so rolls the others back).
-fn pre_commit() {
-    if has_remote_transactions() {
-        check_single_writer();
-    }
-    let failure = POOL.with(|p| {
-        let mut pool = p.borrow_mut();
-        if pool.entries.values().all(|e| e.txn == RemoteTxn::Idle) {
-            return None;
-        }
-        if pool.diverged {
-            return Some(None);
-        }
-        let node = gucs::node_name();
-        // One writer: its plain COMMIT is the commit point. Several (synapse's own
-        // operations only): prepared now, committed after the local commit.
-        let prepare = pool.several_writers;
-        // SAFETY: MyProcPid is set at backend start.
-        let pid = unsafe { pg_sys::MyProcPid };
-        let mut sent = Vec::new();
-        let mut failure = None;
-        let ids: Vec<i64> = pool.entries.keys().copied().collect();
-        for id in ids {
-            let prepared = pool.prepared;
-            let entry = pool.entries.get_mut(&id).expect("listed");
-            let statement = match entry.txn {
-                RemoteTxn::Open { writes: true } if !prepare => {
-                    entry.txn = RemoteTxn::Idle;
-                    "COMMIT".to_owned()
-                }
-                RemoteTxn::Open { writes: true } => {
-                    let gid = format!("synapse_{node}_{pid}_{prepared}");
-                    entry.txn = RemoteTxn::Prepared(gid.clone());
-                    pool.prepared += 1;
-                    format!("PREPARE TRANSACTION '{gid}'")
-                }
-                RemoteTxn::Open { writes: false } => {
-                    // Nothing to commit: the COMMIT's answer is read before the
-                    // connection's next use instead of now (one round trip less).
-                    entry.txn = RemoteTxn::Idle;
-                    if entry.conn.send("COMMIT", &[]).is_ok() {
-                        entry.conn.answer_later();
-                    }
-                    continue;
-                }
-                _ => continue,
-            };
-            let entry = pool.entries.get_mut(&id).expect("listed");
-            match entry.conn.send(&statement, &[]) {
-                Ok(()) => sent.push(id),
-                Err(e) => {
-                    failure.get_or_insert(e);
-                }
-            }
-        }
-        for id in sent {
-            let entry = pool.entries.get_mut(&id).expect("listed");
-            if let Err(e) = entry.conn.finish(None) {
-                // A failed PREPARE leaves nothing prepared.
-                if matches!(entry.txn, RemoteTxn::Prepared(_)) {
-                    entry.txn = RemoteTxn::Open { writes: true };
-                }
-                failure.get_or_insert(e);
-            }
-        }
-        failure.map(Some)
-    });
-    match failure {
-        None => {}
-        Some(None) => diverged_error(),
-        Some(Some(e)) => e.report(),
-    }
-}
-
-/// After the local transaction: finish prepared transactions, roll back open ones, drop
-/// broken connections. Never raises an ERROR (the local outcome is decided).
+/// After the local transaction: finish prepared transactions (the decision was commit if
+/// the local one committed), roll back open ones, drop broken connections. Never raises
+/// an ERROR (the local outcome is decided).
 fn end(committed: bool) {
-    POOL.with(|p| {
-        let mut pool = p.borrow_mut();
+    let finished = POOL.with(|p| {
+        // Borrowed already: the process exits in the middle of pool work (postmaster
+        // death, FATAL); its connections close with it, and recovery finishes the rest.
+        let Ok(mut pool) = p.try_borrow_mut() else {
+            return None;
+        };
         pool.diverged = false;
         pool.several_writers = false;
         let mut drop_ids = Vec::new();
+        let mut left = false;
         for (id, entry) in pool.entries.iter_mut() {
             let statement = match (&entry.txn, committed) {
                 (RemoteTxn::Idle, _) => None,
@@ -451,28 +551,63 @@ fn end(committed: bool) {
                 (RemoteTxn::Open { .. }, _) => Some("ROLLBACK".to_owned()),
             };
             if let Some(statement) = statement {
+                if gucs::trace_transactions() {
+                    pgrx::log!(
+                        "synapse 2pc: at {} end: {statement} on {}",
+                        if committed { "commit" } else { "abort" },
+                        entry.conn.target.name
+                    );
+                }
+                // Interrupts are held here: a node that does not answer is given up on
+                // after a while (recovery finishes what is left prepared).
+                let deadline = std::time::Instant::now() + END_TIMEOUT;
                 let ok = entry.conn.usable()
-                    && entry.conn.exec(&statement, &[]).map_err(|e| {
-                        if let RemoteTxn::Prepared(gid) = &entry.txn {
-                            pgrx::warning!(
-                                "synapse: could not finish prepared transaction {gid} on node \"{}\": {}; \
-                                 it stays prepared there until COMMIT PREPARED or ROLLBACK PREPARED '{gid}' runs on that node",
-                                entry.conn.target.name,
-                                e.message
-                            );
-                        }
-                    }).is_ok();
+                    && entry
+                        .conn
+                        .send(&statement, &[])
+                        .and_then(|()| entry.conn.finish(Some(deadline)))
+                        .map_err(|e| {
+                            if let RemoteTxn::Prepared(gid) = &entry.txn {
+                                left = true;
+                                pgrx::warning!(
+                                    "synapse: could not {} transaction {gid} on node \"{}\": {}; \
+                                 recovery finishes it there",
+                                    if committed { "commit" } else { "roll back" },
+                                    entry.conn.target.name,
+                                    e.message
+                                );
+                            }
+                        })
+                        .is_ok();
                 if !ok {
                     drop_ids.push(*id);
                 }
                 entry.txn = RemoteTxn::Idle;
             }
-            if !entry.conn.usable() || (!entry.conn.answer_pending() && entry.conn.in_transaction()) {
+            if !entry.conn.usable() || (!entry.conn.answer_pending() && entry.conn.in_transaction())
+            {
                 drop_ids.push(*id);
             }
         }
         for id in drop_ids {
             pool.entries.remove(&id);
         }
+        let tracked = pool.tracked.take().zip(pool.gxid.take());
+        tracked.map(|t| (t, left))
     });
+    if let Some(((tracked, gxid), left)) = finished {
+        tracked.set(gxid, tracked_final_state(committed, left));
+    }
+    crate::txn::coordinator::end();
+}
+
+/// How a transaction this node coordinated ends in `synapse.transactions`, unless the
+/// coordinator already recorded a final state.
+fn tracked_final_state(committed: bool, left: bool) -> synapse_core::txn::TxnState {
+    use synapse_core::txn::TxnState;
+    match (committed, left) {
+        (_, true) => TxnState::Failed,
+        (true, false) => TxnState::Committed,
+        (false, false) => TxnState::Aborted,
+    }
 }

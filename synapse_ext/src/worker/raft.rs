@@ -106,7 +106,7 @@ fn handle(envelope: Envelope<RaftMainRequest, Result<(), String>>) {
     let answer = match &envelope.request {
         RaftMainRequest::Persist(batch) => {
             let batch = batch.clone();
-            let changed = !batch.changes.is_empty();
+            let changed = batch.changes.iter().any(CatalogChange::affects_metadata);
             let done = in_transaction(move || persist(&batch)).and_then(|r| r);
             if done.is_ok() && changed {
                 crate::shmem::bump_catalog_generation();
@@ -167,6 +167,11 @@ const DELETE_PLACEMENTS: &str =
     "DELETE FROM synapse.placement_catalog WHERE shard_count = ($1::jsonb->>'shard_count')::int";
 const INSERT_PLACEMENTS: &str = "INSERT INTO synapse.placement_catalog \
      SELECT * FROM jsonb_populate_recordset(NULL::synapse.placement_catalog, $1::jsonb->'rows')";
+const UPSERT_DECISION: &str = "INSERT INTO synapse.transaction_catalog \
+     SELECT * FROM jsonb_populate_record(NULL::synapse.transaction_catalog, $1::jsonb) \
+     ON CONFLICT (gid) DO NOTHING";
+const DELETE_DECISIONS: &str = "DELETE FROM synapse.transaction_catalog \
+     WHERE gid IN (SELECT jsonb_array_elements_text($1::jsonb))";
 const SET_APPLIED: &str = "INSERT INTO synapse.raft_applied (state) VALUES ($1::jsonb) \
      ON CONFLICT (singleton) DO UPDATE SET state = EXCLUDED.state";
 
@@ -186,6 +191,8 @@ fn apply_change(change: &CatalogChange) -> Result<(), String> {
         ChangeKind::SetTls => UPSERT_TLS,
         ChangeKind::UpsertCertificate => UPSERT_CERTIFICATE,
         ChangeKind::DeleteCertificate => DELETE_CERTIFICATE,
+        ChangeKind::UpsertDecision => UPSERT_DECISION,
+        ChangeKind::DeleteDecisions => DELETE_DECISIONS,
     };
     run(sql, &arg)
 }
@@ -219,6 +226,7 @@ fn replace(state: &CatalogState) -> Result<(), String> {
         "certificate_catalog",
         "table_catalog",
         "placement_catalog",
+        "transaction_catalog",
     ] {
         Spi::run(&format!("DELETE FROM synapse.{table}")).map_err(|e| e.to_string())?;
     }
@@ -265,6 +273,12 @@ fn replace(state: &CatalogState) -> Result<(), String> {
             &serde_json::json!({ "rows": rows.placements }).to_string(),
         )?;
     }
+    for decision in &rows.decisions {
+        run(
+            UPSERT_DECISION,
+            &serde_json::to_string(decision).map_err(|e| e.to_string())?,
+        )?;
+    }
     set_applied(&rows.applied.unwrap_or_default())
 }
 
@@ -278,7 +292,8 @@ fn load_state() -> Result<CatalogState, String> {
            'tls', (SELECT to_jsonb(t) - 'singleton' FROM synapse.tls_catalog t), \
            'certificates', (SELECT coalesce(jsonb_agg(to_jsonb(c)), '[]') FROM synapse.certificate_catalog c), \
            'tables', (SELECT coalesce(jsonb_agg(to_jsonb(t)), '[]') FROM synapse.table_catalog t), \
-           'placements', (SELECT coalesce(jsonb_agg(to_jsonb(p)), '[]') FROM synapse.placement_catalog p))::text",
+           'placements', (SELECT coalesce(jsonb_agg(to_jsonb(p)), '[]') FROM synapse.placement_catalog p), \
+           'decisions', (SELECT coalesce(jsonb_agg(to_jsonb(d)), '[]') FROM synapse.transaction_catalog d))::text",
     )
     .map_err(|e| e.to_string())?
     .unwrap_or_default();

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::types::{Command, CommandResult, NodeAddr, NodeId, Role};
 use crate::tls::CaBundle;
+use crate::txn::Decision;
 
 /// The cluster's identity.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,6 +109,19 @@ pub enum CatalogChange {
         shard_count: u32,
         nodes: Vec<NodeId>,
     },
+    UpsertDecision(Decision),
+    DeleteDecisions(Vec<String>),
+}
+
+impl CatalogChange {
+    /// Whether backends' cached distribution metadata must be read again after it:
+    /// transaction decisions are read by recovery only.
+    pub fn affects_metadata(&self) -> bool {
+        !matches!(
+            self,
+            CatalogChange::UpsertDecision(_) | CatalogChange::DeleteDecisions(_)
+        )
+    }
 }
 
 /// The whole catalog; also the content of a snapshot.
@@ -127,6 +141,9 @@ pub struct Catalog {
     /// Shard count → the node of each shard.
     #[serde(default)]
     pub placements: BTreeMap<u32, Vec<NodeId>>,
+    /// Distributed transactions' commit decisions, by gid.
+    #[serde(default)]
+    pub decisions: BTreeMap<String, Decision>,
 }
 
 impl Catalog {
@@ -345,6 +362,30 @@ impl Catalog {
                 self.tables.remove(&id);
                 (CommandResult::Done, vec![CatalogChange::DeleteTable(id)])
             }
+            Command::DecideTransaction(decision) => {
+                if let Some(existing) = self.decisions.get(&decision.gid) {
+                    return (CommandResult::Decided(existing.outcome), vec![]);
+                }
+                self.decisions
+                    .insert(decision.gid.clone(), decision.clone());
+                (
+                    CommandResult::Decided(decision.outcome),
+                    vec![CatalogChange::UpsertDecision(decision.clone())],
+                )
+            }
+            Command::ForgetTransactions { gids } => {
+                let gone: Vec<String> = gids
+                    .iter()
+                    .filter(|g| self.decisions.remove(*g).is_some())
+                    .cloned()
+                    .collect();
+                let changes = if gone.is_empty() {
+                    vec![]
+                } else {
+                    vec![CatalogChange::DeleteDecisions(gone)]
+                };
+                (CommandResult::Done, changes)
+            }
             Command::SetSetting {
                 name,
                 value,
@@ -418,6 +459,40 @@ fn refused(message: String) -> (CommandResult, Vec<CatalogChange>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_transaction_decision_wins_and_forgetting_is_idempotent() {
+        use crate::txn::{Decision, Outcome};
+        let decision = |outcome| {
+            Command::DecideTransaction(Decision {
+                gid: "synapse_1_2_3".into(),
+                outcome,
+                coordinator: 1,
+                participants: vec!["node2".into()],
+                decided_at_unix_ms: 5,
+                decided_by: "coordinator".into(),
+            })
+        };
+        let mut catalog = Catalog::default();
+        let (result, changes) = catalog.apply(1, &decision(Outcome::Abort));
+        assert_eq!(result, CommandResult::Decided(Outcome::Abort));
+        assert_eq!(changes.len(), 1);
+        assert!(!changes[0].affects_metadata());
+        // A late commit (a coordinator after recovery's abort) gets the abort in force.
+        let (result, changes) = catalog.apply(2, &decision(Outcome::Commit));
+        assert_eq!(result, CommandResult::Decided(Outcome::Abort));
+        assert!(changes.is_empty());
+        let forget = Command::ForgetTransactions {
+            gids: vec!["synapse_1_2_3".into(), "unknown".into()],
+        };
+        let (_, changes) = catalog.apply(3, &forget);
+        assert_eq!(
+            changes,
+            vec![CatalogChange::DeleteDecisions(vec!["synapse_1_2_3".into()])]
+        );
+        assert!(catalog.apply(4, &forget).1.is_empty());
+        assert!(catalog.decisions.is_empty());
+    }
 
     fn addr(name: &str, port: u16) -> NodeAddr {
         NodeAddr {

@@ -16,6 +16,10 @@ pub enum LocalRequest {
     RemoveNode { node: String },
     /// Replicate a command; answers once it is applied on this node.
     Propose(Command),
+    /// Replicate a command; answers once it is committed (durable on a majority) and
+    /// applied on the leader, without waiting for this node to apply it (a transaction's
+    /// commit decision: only recovery reads it here, and recovery asks Raft again).
+    ProposeDurable(Command),
     /// Linearizable read barrier: answers once this node has applied everything committed
     /// before the request arrived.
     ReadBarrier,

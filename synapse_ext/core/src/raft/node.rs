@@ -333,6 +333,13 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
                     .propose_and_wait(command)
                     .await
                     .map(LocalReply::Applied),
+                LocalRequest::ProposeDurable(command) => {
+                    match self.on_leader(PeerRequest::Propose(command)).await {
+                        Ok(PeerReply::Applied { result, .. }) => Ok(LocalReply::Applied(result)),
+                        Ok(other) => Err(unexpected(other)),
+                        Err(e) => Err(e),
+                    }
+                }
                 LocalRequest::ReadBarrier => self.read_barrier().await.map(|()| LocalReply::Done),
                 LocalRequest::Status => Ok(LocalReply::Status(self.status())),
                 LocalRequest::TlsStatus => self.tls_status().map(LocalReply::Tls),

@@ -10,6 +10,7 @@ use super::catalog::{
 use super::state_machine::{CatalogState, Membership};
 use super::types::{LogId, NodeAddr, NodeId, Role};
 use crate::tls::CaBundle;
+use crate::txn::Decision;
 
 /// A row of `synapse.node_catalog`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,6 +121,8 @@ pub struct CatalogRows {
     pub tables: Vec<TableRecord>,
     #[serde(default)]
     pub placements: Vec<PlacementRow>,
+    #[serde(default)]
+    pub decisions: Vec<Decision>,
 }
 
 /// A row of `synapse.placement_catalog`.
@@ -175,6 +178,11 @@ impl From<CatalogRows> for CatalogState {
                     }
                     maps
                 },
+                decisions: rows
+                    .decisions
+                    .into_iter()
+                    .map(|d| (d.gid.clone(), d))
+                    .collect(),
             },
             last_applied: applied.last_applied,
             membership: applied.membership,
@@ -201,6 +209,7 @@ impl From<&CatalogState> for CatalogRows {
                 .iter()
                 .flat_map(|(count, nodes)| placement_rows(*count, nodes))
                 .collect(),
+            decisions: state.catalog.decisions.values().cloned().collect(),
         }
     }
 }
@@ -224,6 +233,8 @@ pub fn change_row(change: &CatalogChange) -> (ChangeKind, String) {
                 "rows": placement_rows(*shard_count, nodes),
             })),
         ),
+        CatalogChange::UpsertDecision(d) => (ChangeKind::UpsertDecision, json(d)),
+        CatalogChange::DeleteDecisions(gids) => (ChangeKind::DeleteDecisions, json(gids)),
     }
 }
 
@@ -241,6 +252,9 @@ pub enum ChangeKind {
     DeleteTable,
     /// Replaces the rows of one shard count (`{"shard_count", "rows"}`).
     SetPlacements,
+    UpsertDecision,
+    /// A JSON array of gids.
+    DeleteDecisions,
 }
 
 fn json<T: Serialize>(value: &T) -> String {

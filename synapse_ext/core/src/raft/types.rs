@@ -96,6 +96,11 @@ pub enum Command {
         schema_name: String,
         table_name: String,
     },
+    /// A distributed transaction's commit decision; the first one recorded for a gid wins
+    /// (the result is the decision in force).
+    DecideTransaction(crate::txn::Decision),
+    /// Decisions no participant needs any more.
+    ForgetTransactions { gids: Vec<String> },
     /// Commands proposed concurrently, applied in order in one log entry (the leader
     /// batches proposals that arrive while the previous entry commits).
     Batch(Vec<Command>),
@@ -115,6 +120,8 @@ pub enum CommandResult {
     /// The command was valid Raft-wise but refused by the catalog (e.g. a duplicate name);
     /// the message is for the user.
     Refused(String),
+    /// The decision in force for a [`Command::DecideTransaction`].
+    Decided(crate::txn::Outcome),
     /// The results of a [`Command::Batch`], in order.
     Batch(Vec<CommandResult>),
 }
