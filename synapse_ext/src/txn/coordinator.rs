@@ -296,6 +296,7 @@ fn decide_and_finish(gxid: Gxid, participants: Vec<String>, local: Option<&str>)
     // finishes them itself when it gets that far.
     let remote = pool::prepared_as(&gid);
     pool::abandon_remote_transactions();
+    trace(&gid, || "prepared everywhere".into());
     if failpoints::hit(Point::AfterPrepare, &gid) == Some(Action::Error) {
         roll_back_everywhere(&gid, &remote, local);
         raise(
