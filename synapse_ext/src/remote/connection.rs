@@ -789,16 +789,26 @@ impl Connection {
                 w
             };
             // SAFETY: reads flags of this process (set by its signal handlers).
-            let interruptible = unsafe {
-                pg_sys::InterruptPending != 0
+            let (pending, ending) = unsafe {
+                let servable = pg_sys::InterruptPending != 0
                     && pg_sys::InterruptHoldoffCount == 0
-                    && pg_sys::CritSectionCount == 0
+                    && pg_sys::CritSectionCount == 0;
+                let ending = pg_sys::ProcDiePending != 0
+                    || (pg_sys::QueryCancelPending != 0 && pg_sys::QueryCancelHoldoffCount == 0);
+                (servable, servable && ending)
             };
             // While interrupts are held (a commit in progress) the statement runs on: the
-            // interrupt is served once they are resumed.
-            if interruptible {
+            // interrupt is served once they are resumed. A cancel or termination cancels
+            // the remote statement; any other interrupt (a parallel worker's message, a
+            // barrier) is served and the statement goes on — should serving it raise
+            // anyway, the connection is left broken, never reused mid-statement.
+            if ending {
                 self.cancel();
                 pg_sys::check_for_interrupts!();
+            } else if pending {
+                let was_broken = std::mem::replace(&mut self.broken, true);
+                pg_sys::check_for_interrupts!();
+                self.broken = was_broken;
             }
             if woken & (pg_sys::WL_SOCKET_READABLE | pg_sys::WL_SOCKET_WRITEABLE) as c_int != 0 {
                 return Ok(true);
