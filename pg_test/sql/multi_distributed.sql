@@ -98,14 +98,17 @@ INSERT INTO orders (id, customer, amount)
 RESET synapse.fragment;
 
 -- Statements pinned to one shard by the key run whole on the shard's node; others read
--- every node; writes that would span nodes are refused until two-phase commit.
+-- every node; writes spanning nodes run on each (see multi_modify).
 \c - - - :node1_port
 SELECT id, customer, amount FROM orders WHERE id = 17;
 EXPLAIN (COSTS OFF) SELECT id, customer FROM orders WHERE id = 17;
 INSERT INTO orders (id, customer, amount) VALUES (5000, 'x', 1) RETURNING id, customer, note, total;
 UPDATE orders SET amount = amount + 1 WHERE id = 5000 RETURNING id, amount, total;
 DELETE FROM orders WHERE id = 5000;
+BEGIN;
 UPDATE orders SET amount = 0;
+SELECT sum(amount) FROM orders;
+ROLLBACK;
 UPDATE orders SET id = 6000 WHERE id = 17;
 SELECT customer, count(*), sum(amount) FROM orders GROUP BY customer ORDER BY customer LIMIT 3;
 EXPLAIN (COSTS OFF) SELECT count(*) FROM orders WHERE amount > 50;
@@ -142,8 +145,7 @@ RESET synapse.fragment;
 \c - - - :node1_port
 ALTER TABLE orders RENAME TO orders2;
 ALTER TABLE orders RENAME COLUMN id TO order_id;
--- COPY FROM sends each row to the node of its shard (in any COPY format); rows for
--- several nodes need two-phase commit: refused, nothing written.
+-- COPY FROM sends each row to the node of its shard (in any COPY format).
 CREATE TABLE copy_in (id int PRIMARY KEY, name text, n numeric DEFAULT 7,
                       twice int GENERATED ALWAYS AS (id * 2) STORED);
 SELECT synapse.create_distributed_table('copy_in', 'id', 16);
@@ -163,8 +165,10 @@ SELECT count(*) AS misplaced FROM copy_in c
   JOIN synapse.placements p ON p.table_name = 'public.copy_in' AND p.shard = synapse.shard_of(c.id, 16)
  WHERE (p.node = 'node1') <> (c.n < 0);
 COPY (SELECT id + 1000, 'x' FROM generate_series(1, 50) id) TO '/tmp/synapse_regress_copy_all.txt';
+-- Rows for every node commit together (two-phase commit), in a transaction block or not.
 COPY copy_in (id, name) FROM '/tmp/synapse_regress_copy_all.txt';
--- In a transaction block the rows for every node commit together (two-phase commit).
+SELECT count(*) AS copied_everywhere FROM copy_in WHERE id > 1000;
+DELETE FROM copy_in WHERE id > 1000;
 BEGIN;
 COPY copy_in (id, name) FROM '/tmp/synapse_regress_copy_all.txt';
 COMMIT;
@@ -212,7 +216,7 @@ SELECT count(*) AS items_tables_elsewhere FROM pg_class WHERE relname IN ('items
 \c - - - :node1_port
 DROP TABLE item_tags, counters, serials;
 
--- A reference table: a full copy on every node; reads are local, local writes refused.
+-- A reference table: a full copy on every node; reads are local, writes reach every copy.
 CREATE TABLE regions (code text PRIMARY KEY, name text NOT NULL);
 INSERT INTO regions VALUES ('eu', 'Europe'), ('us', 'Americas'), ('ap', 'Asia Pacific');
 SELECT synapse.create_reference_table('regions');
@@ -222,6 +226,8 @@ SELECT table_name, shard, node, role FROM synapse.placements WHERE table_name = 
 SELECT * FROM regions ORDER BY code;
 INSERT INTO regions VALUES ('af', 'Africa');
 \c - - - :node1_port
+SELECT * FROM regions ORDER BY code;
+DELETE FROM regions WHERE code = 'af';
 
 -- TRUNCATE and DROP reach every node; DROP also leaves the catalog.
 CREATE TABLE scratch (k text PRIMARY KEY, v int);

@@ -4,8 +4,9 @@
 //! kept `INSERT` plan, other nodes' rows in batches of `COPY ... FROM STDIN` (text
 //! format) on their connections, in this transaction.
 //!
-//! Rows for several nodes are a write on several nodes: until two-phase commit, that is
-//! refused (the connection pool's one-writer rule) and nothing is written.
+//! Rows for several nodes are a write on several nodes, committed with two-phase commit.
+//! Outside a transaction block this node's rows too go through a connection (to this
+//! node), so that they are prepared with the others (see `executor::modify_scan`).
 
 use std::collections::BTreeMap;
 use std::ffi::CStr;
@@ -63,6 +64,7 @@ pub unsafe fn copy_from(
         let map = metadata::placements(shard_count);
         let nodes = metadata::nodes();
         let me = metadata::local_node_id();
+        let loopback = !pg_sys::IsTransactionBlock();
 
         let rel = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as i32);
         let desc = (*rel).rd_att;
@@ -155,7 +157,10 @@ pub unsafe fn copy_from(
             let shard =
                 (shard_key::hash_datum(key_type, key_value) % u64::from(shard_count)) as usize;
             let node = map.get(shard).copied().unwrap_or(-1);
-            if node == me {
+            if node == me && loopback {
+                crate::remote::pool::wrote_through_loopback();
+            }
+            if node == me && !loopback {
                 let mut args: Vec<pg_sys::Datum> = stored.iter().map(|s| values[s.index]).collect();
                 let arg_nulls: Vec<std::os::raw::c_char> = stored
                     .iter()

@@ -234,6 +234,86 @@ impl Rows {
     }
 }
 
+/// Runs the kept plan of `sql` on this node's shards through SPI (connected; synapse's
+/// routing bypassed), keeps the rows it returns in `rows` (through the scan slot `slot`)
+/// and returns how many rows it processed.
+///
+/// # Safety
+/// Main thread, SPI connected, inside the executor; `slot` has the rows' descriptor.
+pub unsafe fn run_here(
+    sql: &str,
+    types: &[pg_sys::Oid],
+    values: &mut [pg_sys::Datum],
+    nulls: &[bool],
+    read_only: bool,
+    slot: *mut pg_sys::TupleTableSlot,
+    rows: &mut Rows,
+) -> u64 {
+    // SAFETY: as documented; tuples are copied into the store before SPI frees them.
+    unsafe {
+        let nulls: Vec<std::os::raw::c_char> = nulls
+            .iter()
+            .map(|n| if *n { b'n' as _ } else { b' ' as _ })
+            .collect();
+        let code = crate::distribution::guard::bypassed(|| {
+            let plan = crate::pg::plans::kept(sql, types);
+            pg_sys::SPI_execute_plan(plan, values.as_mut_ptr(), nulls.as_ptr(), read_only, 0)
+        });
+        if code < 0 {
+            pgrx::error!("synapse: running the statement on this node failed (SPI code {code})");
+        }
+        let n = pg_sys::SPI_processed;
+        let table = pg_sys::SPI_tuptable;
+        if !table.is_null() {
+            for i in 0..n as usize {
+                let tuple = *(*table).vals.add(i);
+                clear(slot);
+                for j in 0..(*(*slot).tts_tupleDescriptor).natts as usize {
+                    let mut isnull = false;
+                    *(*slot).tts_values.add(j) =
+                        pg_sys::SPI_getbinval(tuple, (*table).tupdesc, j as i32 + 1, &mut isnull);
+                    *(*slot).tts_isnull.add(j) = isnull;
+                }
+                pg_sys::ExecStoreVirtualTuple(slot);
+                rows.put(slot);
+            }
+            pg_sys::SPI_freetuptable(table);
+        }
+        n
+    }
+}
+
+/// Keeps rows another node sent as text (column `j` read by `columns[j]`) in `rows`,
+/// through the scan slot `slot`, each read in `econtext`'s per-tuple memory.
+///
+/// # Safety
+/// Main thread, inside the executor; `slot` has the rows' descriptor.
+pub unsafe fn put_text_rows(
+    text_rows: Vec<Vec<Option<String>>>,
+    columns: &mut [TextInput],
+    slot: *mut pg_sys::TupleTableSlot,
+    econtext: *mut pg_sys::ExprContext,
+    rows: &mut Rows,
+) {
+    // SAFETY: as documented.
+    unsafe {
+        for row in text_rows {
+            let old = pg_sys::MemoryContextSwitchTo((*econtext).ecxt_per_tuple_memory);
+            clear(slot);
+            for (j, value) in row.into_iter().enumerate() {
+                if let (Some(value), Some(column)) = (value, columns.get_mut(j)) {
+                    *(*slot).tts_values.add(j) = column.read(&value);
+                    *(*slot).tts_isnull.add(j) = false;
+                }
+            }
+            pg_sys::ExecStoreVirtualTuple(slot);
+            rows.put(slot);
+            pg_sys::MemoryContextSwitchTo(old);
+            pg_sys::MemoryContextReset((*econtext).ecxt_per_tuple_memory);
+        }
+    }
+}
+
 /// Leaks `run` into the query: it is dropped when the query's memory context goes away.
 ///
 /// # Safety
@@ -277,3 +357,81 @@ pub unsafe extern "C-unwind" fn recheck(
 ) -> bool {
     true
 }
+
+/// The parts every synapse custom scan shares, for a scan named `$name` (a C string
+/// literal) whose node is `$node` (PostgreSQL's `CustomScanState`, then `run: *mut
+/// Runtime` with the scan's `rows: Rows`): its method tables (registered by name, as plans
+/// are copied and serialized by name), `register`, a zeroed node of its size, and
+/// `EndCustomScan` / `ReScanCustomScan` over its rows. The module defines `begin`, `exec`
+/// and `explain`.
+macro_rules! custom_scan {
+    ($name:literal, $node:ident) => {
+        pub struct ScanMethods(pub pgrx::pg_sys::CustomScanMethods);
+        // SAFETY: immutable tables of function pointers; backends are single-threaded.
+        unsafe impl Sync for ScanMethods {}
+        struct ExecMethods(pgrx::pg_sys::CustomExecMethods);
+        // SAFETY: as above.
+        unsafe impl Sync for ExecMethods {}
+
+        pub static SCAN_METHODS: ScanMethods = ScanMethods(pgrx::pg_sys::CustomScanMethods {
+            CustomName: $name.as_ptr(),
+            CreateCustomScanState: Some(create_state),
+        });
+
+        static EXEC_METHODS: ExecMethods = ExecMethods(pgrx::pg_sys::CustomExecMethods {
+            CustomName: $name.as_ptr(),
+            BeginCustomScan: Some(begin),
+            ExecCustomScan: Some(exec),
+            EndCustomScan: Some(end),
+            ReScanCustomScan: Some(rescan),
+            MarkPosCustomScan: None,
+            RestrPosCustomScan: None,
+            EstimateDSMCustomScan: None,
+            InitializeDSMCustomScan: None,
+            ReInitializeDSMCustomScan: None,
+            InitializeWorkerCustomScan: None,
+            ShutdownCustomScan: None,
+            ExplainCustomScan: Some(explain),
+        });
+
+        /// Registers the scan's methods by name.
+        pub fn register() {
+            // SAFETY: _PG_init; the methods live as long as the library.
+            unsafe { pgrx::pg_sys::RegisterCustomScanMethods(&SCAN_METHODS.0) };
+        }
+
+        #[pgrx::pg_guard]
+        unsafe extern "C-unwind" fn create_state(
+            _cscan: *mut pgrx::pg_sys::CustomScan,
+        ) -> *mut pgrx::pg_sys::Node {
+            // SAFETY: a zeroed node of our size, in the executor's memory context.
+            unsafe {
+                let node = pgrx::pg_sys::palloc0(std::mem::size_of::<$node>()) as *mut $node;
+                (*node).css.ss.ps.type_ = pgrx::pg_sys::NodeTag::T_CustomScanState;
+                (*node).css.methods = &EXEC_METHODS.0;
+                node.cast()
+            }
+        }
+
+        #[pgrx::pg_guard]
+        unsafe extern "C-unwind" fn end(css: *mut pgrx::pg_sys::CustomScanState) {
+            // SAFETY: our node. The runtime itself is freed with the query's memory context.
+            unsafe {
+                let run = (*(css as *mut $node)).run;
+                if !run.is_null() {
+                    (*run).rows.end();
+                }
+            }
+        }
+
+        #[pgrx::pg_guard]
+        unsafe extern "C-unwind" fn rescan(css: *mut pgrx::pg_sys::CustomScanState) {
+            // SAFETY: our node.
+            unsafe {
+                (*(*(css as *mut $node)).run).rows.rescan();
+                pgrx::pg_sys::ExecScanReScan(&mut (*css).ss);
+            }
+        }
+    };
+}
+pub(crate) use custom_scan;

@@ -20,39 +20,7 @@ use crate::distribution::{ddl, guard, metadata, pins};
 use crate::remote::connection::NodeTarget;
 use crate::remote::pool;
 
-pub struct ScanMethods(pub pg_sys::CustomScanMethods);
-// SAFETY: immutable tables of function pointers; backends are single-threaded.
-unsafe impl Sync for ScanMethods {}
-struct ExecMethods(pg_sys::CustomExecMethods);
-// SAFETY: as above.
-unsafe impl Sync for ExecMethods {}
-
-pub static SCAN_METHODS: ScanMethods = ScanMethods(pg_sys::CustomScanMethods {
-    CustomName: c"SynapseScan".as_ptr(),
-    CreateCustomScanState: Some(create_state),
-});
-
-static EXEC_METHODS: ExecMethods = ExecMethods(pg_sys::CustomExecMethods {
-    CustomName: c"SynapseScan".as_ptr(),
-    BeginCustomScan: Some(begin),
-    ExecCustomScan: Some(exec),
-    EndCustomScan: Some(end),
-    ReScanCustomScan: Some(rescan),
-    MarkPosCustomScan: None,
-    RestrPosCustomScan: None,
-    EstimateDSMCustomScan: None,
-    InitializeDSMCustomScan: None,
-    ReInitializeDSMCustomScan: None,
-    InitializeWorkerCustomScan: None,
-    ShutdownCustomScan: None,
-    ExplainCustomScan: Some(explain),
-});
-
-/// Registers the scan's methods by name (plans are copied and serialized by name).
-pub fn register() {
-    // SAFETY: _PG_init; the methods live as long as the library.
-    unsafe { pg_sys::RegisterCustomScanMethods(&SCAN_METHODS.0) };
-}
+super::common::custom_scan!(c"SynapseScan", ScanNode);
 
 /// The scan's node: PostgreSQL's part first, then ours.
 #[repr(C)]
@@ -83,17 +51,6 @@ struct Runtime {
     /// Shards the clauses leave (pruned by the shard key), of the table's shard count.
     shards: (usize, usize),
     columns: Vec<Column>,
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn create_state(_cscan: *mut pg_sys::CustomScan) -> *mut pg_sys::Node {
-    // SAFETY: a zeroed node of our size, in the executor's memory context.
-    unsafe {
-        let node = pg_sys::palloc0(std::mem::size_of::<ScanNode>()) as *mut ScanNode;
-        (*node).css.ss.ps.type_ = pg_sys::NodeTag::T_CustomScanState;
-        (*node).css.methods = &EXEC_METHODS.0;
-        node.cast()
-    }
 }
 
 #[pg_guard]
@@ -391,26 +348,6 @@ unsafe fn read_local(node: *mut ScanNode, run: &mut Runtime, params: &Params) {
         }
         pg_sys::SPI_cursor_close(portal);
         pg_sys::SPI_finish();
-    }
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn end(css: *mut pg_sys::CustomScanState) {
-    // SAFETY: our node. The runtime itself is freed with the query's memory context.
-    unsafe {
-        let run = (*(css as *mut ScanNode)).run;
-        if !run.is_null() {
-            (*run).rows.end();
-        }
-    }
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn rescan(css: *mut pg_sys::CustomScanState) {
-    // SAFETY: our node.
-    unsafe {
-        (*(*(css as *mut ScanNode)).run).rows.rescan();
-        pg_sys::ExecScanReScan(&mut (*css).ss);
     }
 }
 

@@ -9,44 +9,15 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::PgList;
 
-use super::common::{clear, drop_with_query, int_val, recheck, str_val, Params, Rows, TextInput};
-use crate::distribution::{guard, metadata, pins};
+use super::common::{
+    drop_with_query, int_val, put_text_rows, recheck, run_here, str_val, Params, Rows, TextInput,
+};
+use crate::distribution::{metadata, pins};
 use crate::planner::router;
 use crate::remote::connection::NodeTarget;
 use crate::remote::pool;
 
-pub struct ScanMethods(pub pg_sys::CustomScanMethods);
-// SAFETY: immutable tables of function pointers; backends are single-threaded.
-unsafe impl Sync for ScanMethods {}
-struct ExecMethods(pg_sys::CustomExecMethods);
-// SAFETY: as above.
-unsafe impl Sync for ExecMethods {}
-
-pub static SCAN_METHODS: ScanMethods = ScanMethods(pg_sys::CustomScanMethods {
-    CustomName: c"SynapseRouter".as_ptr(),
-    CreateCustomScanState: Some(create_state),
-});
-
-static EXEC_METHODS: ExecMethods = ExecMethods(pg_sys::CustomExecMethods {
-    CustomName: c"SynapseRouter".as_ptr(),
-    BeginCustomScan: Some(begin),
-    ExecCustomScan: Some(exec),
-    EndCustomScan: Some(end),
-    ReScanCustomScan: Some(rescan),
-    MarkPosCustomScan: None,
-    RestrPosCustomScan: None,
-    EstimateDSMCustomScan: None,
-    InitializeDSMCustomScan: None,
-    ReInitializeDSMCustomScan: None,
-    InitializeWorkerCustomScan: None,
-    ShutdownCustomScan: None,
-    ExplainCustomScan: Some(explain),
-});
-
-pub fn register() {
-    // SAFETY: _PG_init; the methods live as long as the library.
-    unsafe { pg_sys::RegisterCustomScanMethods(&SCAN_METHODS.0) };
-}
+super::common::custom_scan!(c"SynapseRouter", RouterNode);
 
 #[repr(C)]
 struct RouterNode {
@@ -64,17 +35,6 @@ struct Runtime {
     local: bool,
     columns: Vec<TextInput>,
     rows: Rows,
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn create_state(_cscan: *mut pg_sys::CustomScan) -> *mut pg_sys::Node {
-    // SAFETY: a zeroed node of our size, in the executor's memory context.
-    unsafe {
-        let node = pg_sys::palloc0(std::mem::size_of::<RouterNode>()) as *mut RouterNode;
-        (*node).css.ss.ps.type_ = pg_sys::NodeTag::T_CustomScanState;
-        (*node).css.methods = &EXEC_METHODS.0;
-        node.cast()
-    }
 }
 
 #[pg_guard]
@@ -247,45 +207,18 @@ unsafe fn fill(node: *mut RouterNode, run: &mut Runtime) {
         let target = run.target.clone().expect("a node to run on");
         if run.local {
             let mut values = params.values.clone();
-            let nulls = params.spi_nulls();
             pg_sys::SPI_connect();
-            let code = guard::bypassed(|| {
-                let plan = crate::pg::plans::kept(&run.sql, &params.types);
-                pg_sys::SPI_execute_plan(
-                    plan,
-                    values.as_mut_ptr(),
-                    nulls.as_ptr(),
-                    run.writes == 0,
-                    0,
-                )
-            });
-            if code < 0 {
-                pgrx::error!(
-                    "synapse: running the statement on this node failed (SPI code {code})"
-                );
-            }
-            let n = pg_sys::SPI_processed as usize;
-            let table = pg_sys::SPI_tuptable;
-            if !table.is_null() {
-                for i in 0..n {
-                    let tuple = *(*table).vals.add(i);
-                    clear(slot);
-                    for j in 0..(*(*slot).tts_tupleDescriptor).natts as usize {
-                        let mut isnull = false;
-                        *(*slot).tts_values.add(j) = pg_sys::SPI_getbinval(
-                            tuple,
-                            (*table).tupdesc,
-                            j as i32 + 1,
-                            &mut isnull,
-                        );
-                        *(*slot).tts_isnull.add(j) = isnull;
-                    }
-                    pg_sys::ExecStoreVirtualTuple(slot);
-                    run.rows.put(slot);
-                }
-            }
+            let n = run_here(
+                &run.sql,
+                &params.types,
+                &mut values,
+                &params.nulls,
+                run.writes == 0,
+                slot,
+                &mut run.rows,
+            );
             if run.writes == 2 {
-                (*estate).es_processed += n as u64;
+                (*estate).es_processed += n;
             }
             pg_sys::SPI_finish();
         } else {
@@ -298,46 +231,13 @@ unsafe fn fill(node: *mut RouterNode, run: &mut Runtime) {
             };
             let rows = pool::with_access(&target, access, |c| c.exec_prepared(&sql, &texts));
             let econtext = (*node).css.ss.ps.ps_ExprContext;
-            for row in rows.rows {
-                let old = pg_sys::MemoryContextSwitchTo((*econtext).ecxt_per_tuple_memory);
-                clear(slot);
-                for (j, value) in row.into_iter().enumerate() {
-                    if let (Some(value), Some(column)) = (value, run.columns.get_mut(j)) {
-                        *(*slot).tts_values.add(j) = column.read(&value);
-                        *(*slot).tts_isnull.add(j) = false;
-                    }
-                }
-                pg_sys::ExecStoreVirtualTuple(slot);
-                run.rows.put(slot);
-                pg_sys::MemoryContextSwitchTo(old);
-                pg_sys::MemoryContextReset((*econtext).ecxt_per_tuple_memory);
-            }
+            put_text_rows(rows.rows, &mut run.columns, slot, econtext, &mut run.rows);
             if run.writes == 2 {
                 (*estate).es_processed += rows.affected;
             }
         }
         pg_sys::ExecClearTuple(slot);
         run.rows.filled = true;
-    }
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn end(css: *mut pg_sys::CustomScanState) {
-    // SAFETY: our node. The runtime itself is freed with the query's memory context.
-    unsafe {
-        let run = (*(css as *mut RouterNode)).run;
-        if !run.is_null() {
-            (*run).rows.end();
-        }
-    }
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn rescan(css: *mut pg_sys::CustomScanState) {
-    // SAFETY: our node.
-    unsafe {
-        (*(*(css as *mut RouterNode)).run).rows.rescan();
-        pg_sys::ExecScanReScan(&mut (*css).ss);
     }
 }
 

@@ -1,8 +1,8 @@
 //! The planner hook: plans statements over distributed tables, then checks the plan.
 //!
 //! A statement whose distributed tables are pinned to one node runs whole there
-//! ([`super::router`]). Other writes to distributed tables need two-phase commit and are
-//! refused with a clear error; other reads are split between the nodes and this one
+//! ([`super::router`]). Other writes to distributed or reference tables run on every
+//! node concerned ([`super::modify`]); other reads are split between the nodes and this one
 //! when that cannot change their answer ([`super::pushdown`]), or else planned by
 //! PostgreSQL with each distributed table replaced by a `SynapseScan` ([`super::pullup`]).
 //! Partitionwise joins and aggregates are off while such a statement is planned (they
@@ -25,13 +25,60 @@ extern "C-unwind" {
 }
 
 static mut PREV_PLANNER: pg_sys::planner_hook_type = None;
+static mut PREV_EXECUTOR_START: pg_sys::ExecutorStart_hook_type = None;
 
 pub fn install() {
-    // SAFETY: _PG_init, once, in the postmaster; chains the previous hook.
+    // SAFETY: _PG_init, once, in the postmaster; chains the previous hooks.
     unsafe {
         PREV_PLANNER = pg_sys::planner_hook;
         pg_sys::planner_hook = Some(planner);
+        PREV_EXECUTOR_START = pg_sys::ExecutorStart_hook;
+        pg_sys::ExecutorStart_hook = Some(executor_start);
     }
+}
+
+/// After a write spanning nodes wrote this node's shards through a connection of its
+/// own (outside a transaction block, see `executor::modify_scan`), this backend does not
+/// see those rows: any later plan touching distributed or reference tables in the same
+/// transaction is refused rather than answer without them.
+#[pg_guard]
+unsafe extern "C-unwind" fn executor_start(desc: *mut pg_sys::QueryDesc, eflags: c_int) {
+    // SAFETY: PostgreSQL's arguments; the plan's range table is valid.
+    unsafe {
+        if crate::remote::pool::loopback_written() && super::routing_active() {
+            for rte in
+                PgList::<pg_sys::RangeTblEntry>::from_pg((*(*desc).plannedstmt).rtable).iter_ptr()
+            {
+                if (*rte).rtekind == pg_sys::RTEKind::RTE_RELATION
+                    && (holds_shards((*rte).relid)
+                        || router::metadata_kind((*rte).relid).as_deref() == Some("reference"))
+                {
+                    error(
+                        PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                        format!(
+                            "\"{}\" cannot be used after a statement outside a transaction block wrote on several nodes in the same transaction",
+                            rel_name((*rte).relid)
+                        ),
+                        "Run the statements in a transaction block (BEGIN ... COMMIT).",
+                    );
+                }
+            }
+        }
+        match PREV_EXECUTOR_START {
+            Some(prev) => prev(desc, eflags),
+            None => pg_sys::standard_ExecutorStart(desc, eflags),
+        }
+    }
+}
+
+/// Whether `relid` is a distributed table or one of its shards' partitions.
+fn holds_shards(relid: pg_sys::Oid) -> bool {
+    // SAFETY: catalog lookups by oid.
+    is_distributed(relid)
+        || unsafe {
+            pg_sys::get_rel_relispartition(relid)
+                && is_distributed(get_partition_parent(relid, true))
+        }
 }
 
 use crate::pg::errors::raise as error;
@@ -96,12 +143,45 @@ unsafe extern "C-unwind" fn planner(
             return guard::bypassed(|| standard(parse, query_string, cursor_options, bound_params))
         }
         // SAFETY: the Query the router accepted.
-        Route::Single { pins, node } => {
-            return unsafe { router::plan(parse, pins, node, relations) }
-        }
+        Route::Single { pins, node } => unsafe {
+            // The rows of a generic plan's INSERT may turn out to be on several nodes.
+            if node.is_none()
+                && pins.len() > 1
+                && (*parse).commandType == pg_sys::CmdType::CMD_INSERT
+            {
+                if let Some((table, kind)) = super::modify::target(parse) {
+                    return super::modify::plan(
+                        parse,
+                        relations,
+                        table,
+                        &kind,
+                        "its rows may be on several nodes",
+                    );
+                }
+            }
+            return router::plan(parse, pins, node, relations);
+        },
         // SAFETY: a valid Query.
         Route::Spread(why) => unsafe {
-            refuse_writes(parse, &why);
+            refuse_row_locks(parse);
+            let writes_shards = (*parse).hasModifyingCTE
+                && PgList::<pg_sys::CommonTableExpr>::from_pg((*parse).cteList)
+                    .iter_ptr()
+                    .any(|cte| {
+                        let q = (*cte).ctequery as *mut pg_sys::Query;
+                        (*q).type_ == pg_sys::NodeTag::T_Query && super::modify::target(q).is_some()
+                    });
+            if writes_shards {
+                error(
+                    PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                    format!("a WITH clause writing a distributed or reference table is not supported in a statement spanning nodes ({why})"),
+                    "Run the write as a statement of its own, in a transaction block with the rest.",
+                );
+            }
+            // A write whose rows are on several nodes.
+            if let Some((table, kind)) = super::modify::target(parse) {
+                return super::modify::plan(parse, relations, table, &kind, &why);
+            }
             // Every node answers for its shards, this node combines the answers.
             if let Some(master) = super::pushdown::split(parse) {
                 let stmt = super::pushdown::planning_split(master, || {
@@ -111,7 +191,18 @@ unsafe extern "C-unwind" fn planner(
                 return stmt;
             }
         },
-        Route::NotDistributed => {}
+        // A write to a reference table (every node's copy).
+        Route::NotDistributed => unsafe {
+            if let Some((table, kind)) = super::modify::target(parse) {
+                return super::modify::plan(
+                    parse,
+                    relations,
+                    table,
+                    &kind,
+                    "it writes a reference table",
+                );
+            }
+        },
     }
     // SAFETY: the planner's own settings, restored below (also on error, by the GUC
     // machinery at transaction abort... these are plain globals, so restore explicitly).
@@ -144,10 +235,9 @@ unsafe extern "C-unwind" fn planner(
     stmt
 }
 
-/// A single statement writing a distributed table on several nodes is not supported yet
-/// (a transaction of several statements may write on several nodes); row locks on
-/// several nodes are not supported either.
-unsafe fn refuse_writes(parse: *mut pg_sys::Query, why: &str) {
+/// Row locks (`FOR UPDATE/SHARE`) on a distributed table spanning nodes are not
+/// supported.
+unsafe fn refuse_row_locks(parse: *mut pg_sys::Query) {
     // SAFETY: a valid Query.
     unsafe {
         let rtable = PgList::<pg_sys::RangeTblEntry>::from_pg((*parse).rtable);
@@ -164,34 +254,6 @@ unsafe fn refuse_writes(parse: *mut pg_sys::Query, why: &str) {
                     );
                 }
             }
-        }
-        let command = (*parse).commandType;
-        if !matches!(
-            command,
-            pg_sys::CmdType::CMD_INSERT
-                | pg_sys::CmdType::CMD_UPDATE
-                | pg_sys::CmdType::CMD_DELETE
-                | pg_sys::CmdType::CMD_MERGE
-        ) || (*parse).resultRelation <= 0
-        {
-            return;
-        }
-        let Some(rte) = rtable.get_ptr((*parse).resultRelation as usize - 1) else {
-            return;
-        };
-        if is_distributed((*rte).relid) {
-            let verb = match command {
-                pg_sys::CmdType::CMD_INSERT => "INSERT into",
-                pg_sys::CmdType::CMD_UPDATE => "UPDATE of",
-                pg_sys::CmdType::CMD_DELETE => "DELETE from",
-                _ => "MERGE into",
-            };
-            error(
-                PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-                format!("{verb} distributed table \"{}\" must run on one node: {why}", rel_name((*rte).relid)),
-                "Pin the statement to one shard with its key (WHERE key = value, or key values of one node in an INSERT); \
-                 a transaction block of such statements may write on several nodes and commits them together.",
-            );
         }
     }
 }
@@ -223,10 +285,7 @@ unsafe fn check_relation(rtable: *mut pg_sys::List, rti: u32, how: &str) {
             return;
         }
         let relid = (*rte).relid;
-        let distributed = is_distributed(relid)
-            || (pg_sys::get_rel_relispartition(relid)
-                && is_distributed(get_partition_parent(relid, true)));
-        if distributed {
+        if holds_shards(relid) {
             error(
                 PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
                 format!(

@@ -6,6 +6,7 @@
 //! does the rest).
 
 pub mod hook;
+pub mod modify;
 pub mod pullup;
 pub mod pushdown;
 pub mod router;
@@ -29,4 +30,5 @@ pub fn install() {
     crate::remote::connection::install();
     crate::executor::remote_scan::register();
     crate::executor::router_scan::register();
+    crate::executor::modify_scan::register();
 }

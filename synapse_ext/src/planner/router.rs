@@ -21,13 +21,13 @@ use crate::distribution::{guard, metadata, pins};
 
 extern "C-unwind" {
     // Not in pgrx's bindings (the walker argument has no prototype in PostgreSQL 15).
-    fn query_tree_walker(
+    pub(crate) fn query_tree_walker(
         query: *mut pg_sys::Query,
         walker: unsafe extern "C-unwind" fn(*mut pg_sys::Node, *mut c_void) -> bool,
         context: *mut c_void,
         flags: i32,
     ) -> bool;
-    fn expression_tree_walker(
+    pub(crate) fn expression_tree_walker(
         node: *mut pg_sys::Node,
         walker: unsafe extern "C-unwind" fn(*mut pg_sys::Node, *mut c_void) -> bool,
         context: *mut c_void,
@@ -361,50 +361,8 @@ pub unsafe fn plan(
     // SAFETY: valid planner input; every node is palloc'd in the planner's context.
     unsafe {
         let sql = crate::distribution::ddl::deparse_query(parse);
-        let mut max_param = 0i32;
-        query_tree_walker(
-            parse,
-            max_param_walker,
-            (&mut max_param as *mut i32).cast(),
-            0,
-        );
-
+        let max_param = max_param(parse);
         let command = (*parse).commandType;
-        let output = if command == pg_sys::CmdType::CMD_SELECT {
-            (*parse).targetList
-        } else {
-            (*parse).returningList
-        };
-        let mut scan_tlist = PgList::<pg_sys::TargetEntry>::new();
-        let mut tlist = PgList::<pg_sys::TargetEntry>::new();
-        let mut resno = 0i16;
-        for te in PgList::<pg_sys::TargetEntry>::from_pg(output).iter_ptr() {
-            if (*te).resjunk {
-                continue;
-            }
-            resno += 1;
-            let expr = (*te).expr as *mut pg_sys::Node;
-            let (typ, typmod, coll) = (
-                pg_sys::exprType(expr),
-                pg_sys::exprTypmod(expr),
-                pg_sys::exprCollation(expr),
-            );
-            let null = pg_sys::makeNullConst(typ, typmod, coll);
-            scan_tlist.push(pg_sys::makeTargetEntry(
-                null.cast(),
-                resno,
-                (*te).resname,
-                false,
-            ));
-            let var = pg_sys::makeVar(pg_sys::INDEX_VAR, resno, typ, typmod, coll, 0);
-            tlist.push(pg_sys::makeTargetEntry(
-                var.cast(),
-                resno,
-                (*te).resname,
-                false,
-            ));
-        }
-
         let mut pin_list = PgList::<pg_sys::Node>::new();
         let pin_count = pins.len();
         for pin in pins {
@@ -440,20 +398,78 @@ pub unsafe fn plan(
             private.push(pg_sys::copyObjectImpl(parse.cast()) as *mut pg_sys::Node);
         }
 
+        // Cheap: a prepared statement should keep this (generic) plan, resolving the
+        // node at run time, rather than plan every execution anew (PostgreSQL's plan
+        // cache compares it with the custom plans' cost plus their planning).
+        custom_plan(
+            parse,
+            relations,
+            &crate::executor::router_scan::SCAN_METHODS.0,
+            private.into_pg(),
+        )
+    }
+}
+
+/// A plan that is one custom scan returning the statement's result (its target list, or
+/// its RETURNING list), given the scan's methods and private list.
+///
+/// # Safety
+/// `parse` must be a valid rewritten Query, `relations` its relations' range table
+/// entries; planner memory context.
+pub unsafe fn custom_plan(
+    parse: *mut pg_sys::Query,
+    relations: Vec<*mut pg_sys::RangeTblEntry>,
+    methods: &'static pg_sys::CustomScanMethods,
+    private: *mut pg_sys::List,
+) -> *mut pg_sys::PlannedStmt {
+    // SAFETY: valid planner input; every node is palloc'd in the planner's context.
+    unsafe {
+        let command = (*parse).commandType;
+        let output = if command == pg_sys::CmdType::CMD_SELECT {
+            (*parse).targetList
+        } else {
+            (*parse).returningList
+        };
+        let mut scan_tlist = PgList::<pg_sys::TargetEntry>::new();
+        let mut tlist = PgList::<pg_sys::TargetEntry>::new();
+        let mut resno = 0i16;
+        for te in PgList::<pg_sys::TargetEntry>::from_pg(output).iter_ptr() {
+            if (*te).resjunk {
+                continue;
+            }
+            resno += 1;
+            let expr = (*te).expr as *mut pg_sys::Node;
+            let (typ, typmod, coll) = (
+                pg_sys::exprType(expr),
+                pg_sys::exprTypmod(expr),
+                pg_sys::exprCollation(expr),
+            );
+            let null = pg_sys::makeNullConst(typ, typmod, coll);
+            scan_tlist.push(pg_sys::makeTargetEntry(
+                null.cast(),
+                resno,
+                (*te).resname,
+                false,
+            ));
+            let var = pg_sys::makeVar(pg_sys::INDEX_VAR, resno, typ, typmod, coll, 0);
+            tlist.push(pg_sys::makeTargetEntry(
+                var.cast(),
+                resno,
+                (*te).resname,
+                false,
+            ));
+        }
         let cscan =
             pg_sys::palloc0(std::mem::size_of::<pg_sys::CustomScan>()) as *mut pg_sys::CustomScan;
         (*cscan).scan.plan.type_ = pg_sys::NodeTag::T_CustomScan;
         (*cscan).scan.plan.targetlist = tlist.into_pg();
-        // Cheap: a prepared statement should keep this (generic) plan, resolving the
-        // node at run time, rather than plan every execution anew (PostgreSQL's plan
-        // cache compares it with the custom plans' cost plus their planning).
         (*cscan).scan.plan.startup_cost = 0.0;
         (*cscan).scan.plan.total_cost = 1.0;
         (*cscan).scan.plan.plan_rows = 1.0;
         (*cscan).scan.scanrelid = 0;
         (*cscan).custom_scan_tlist = scan_tlist.into_pg();
-        (*cscan).custom_private = private.into_pg();
-        (*cscan).methods = &crate::executor::router_scan::SCAN_METHODS.0;
+        (*cscan).custom_private = private;
+        (*cscan).methods = methods;
 
         let mut rtable = PgList::<pg_sys::RangeTblEntry>::new();
         let mut oids: *mut pg_sys::List = std::ptr::null_mut();
@@ -634,6 +650,17 @@ fn same_columns(a: pg_sys::Oid, b: pg_sys::Oid) -> bool {
         pg_sys::RelationClose(rb);
         same
     }
+}
+
+/// The highest external parameter number `query` uses.
+///
+/// # Safety
+/// `query` must be a valid Query.
+pub unsafe fn max_param(query: *mut pg_sys::Query) -> i32 {
+    let mut max = 0i32;
+    // SAFETY: as documented.
+    unsafe { query_tree_walker(query, max_param_walker, (&mut max as *mut i32).cast(), 0) };
+    max
 }
 
 unsafe extern "C-unwind" fn max_param_walker(

@@ -56,6 +56,9 @@ struct Pool {
     /// synapse's own operations (distributing a table) write here and on other nodes in
     /// transactions that do not end with a COMMIT statement (see `txn::coordinator`).
     several_writers: bool,
+    /// This node's shards were written through a connection to this node (a write
+    /// spanning nodes outside a transaction block): this backend cannot see those rows.
+    loopback: bool,
 }
 
 thread_local! {
@@ -265,6 +268,18 @@ pub fn allow_several_writers() {
 
 pub fn several_writers_allowed() -> bool {
     POOL.with(|p| p.borrow().several_writers)
+}
+
+/// Notes that this node's shards are written through a connection to this node in the
+/// current transaction.
+pub fn wrote_through_loopback() {
+    POOL.with(|p| p.borrow_mut().loopback = true);
+}
+
+/// Whether [`wrote_through_loopback`] was called in the current transaction: then the
+/// transaction may not read this node's shards itself (it would not see those rows).
+pub fn loopback_written() -> bool {
+    POOL.with(|p| p.try_borrow().is_ok_and(|p| p.loopback))
 }
 
 /// A node written in the current transaction.
@@ -541,6 +556,7 @@ fn end(committed: bool) {
         };
         pool.diverged = false;
         pool.several_writers = false;
+        pool.loopback = false;
         let mut drop_ids = Vec::new();
         let mut left = false;
         for (id, entry) in pool.entries.iter_mut() {
