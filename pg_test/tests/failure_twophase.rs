@@ -4,6 +4,9 @@
 //! PREPARE and after the decision), and a node is partitioned away. Afterwards the total
 //! is unchanged, every balance matches the ledger, every acknowledged commit is there,
 //! nothing acknowledged as aborted is, and no prepared transaction is left anywhere.
+//! Meanwhile single statements outside a transaction block (an UPDATE of two rows on
+//! different nodes, committed with two-phase commit too) mark rows through nodes 2 and 3;
+//! each marks both rows or neither.
 //!
 //! A second test destroys the coordinator for good (data directory removed) after its
 //! decision: the surviving nodes still commit its in-doubt transaction.
@@ -17,6 +20,8 @@ use synapse_pg_test::{alive, connect_to, text, wait_for, Cluster};
 
 const ACCOUNTS: i32 = 300;
 const START_BALANCE: i64 = 1000;
+/// Rows of the `marks` table, which single statements mark two at a time.
+const MARK_ROWS: i32 = 40;
 
 /// What the client was told about a transfer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,7 +38,10 @@ fn setup(c: &mut postgres::Client) {
          INSERT INTO accounts SELECT g, {START_BALANCE} FROM generate_series(1, {ACCOUNTS}) g;
          SELECT synapse.create_distributed_table('accounts', 'id', 32);
          CREATE TABLE ledger (id bigint PRIMARY KEY, src int NOT NULL, dst int NOT NULL, amount int NOT NULL);
-         SELECT synapse.create_distributed_table('ledger', 'id', 32);"
+         SELECT synapse.create_distributed_table('ledger', 'id', 32);
+         CREATE TABLE marks (k int PRIMARY KEY, ids bigint[] NOT NULL DEFAULT '{{}}');
+         INSERT INTO marks SELECT g FROM generate_series(1, {MARK_ROWS}) g;
+         SELECT synapse.create_distributed_table('marks', 'k', 32);"
     ))
     .unwrap();
 }
@@ -78,6 +86,25 @@ fn transfer(c: &mut postgres::Client, id: i64, src: i32, dst: i32, amount: i32) 
             }
             // 08007: the commit decision could not be recorded; 08xxx: a connection broke.
             Some(code) if code.starts_with("08") => Told::Unknown,
+            Some(_) => Told::Aborted,
+            None => Told::Unknown,
+        },
+    }
+}
+
+/// One statement outside a transaction block marking rows `a` and `b` with `id`: not
+/// pinned to one shard, so it runs on every node holding shards of `marks` (this node's
+/// part through a connection of its own), prepared everywhere before the decision.
+fn mark(c: &mut postgres::Client, id: i64, a: i32, b: i32) -> Told {
+    match c.batch_execute(&format!(
+        "UPDATE marks SET ids = ids || {id}::bigint WHERE k IN ({a}, {b})"
+    )) {
+        Ok(()) => Told::Committed,
+        Err(e) if e.as_db_error().is_some_and(|d| d.severity() != "ERROR") => Told::Unknown,
+        // An ERROR rolled the statement back (a node down: 08006; not prepared: 40000),
+        // except 08007: the commit decision's fate is unknown.
+        Err(e) => match e.as_db_error().map(|d| d.code().code().to_owned()) {
+            Some(code) if code == "08007" => Told::Unknown,
             Some(_) => Told::Aborted,
             None => Told::Unknown,
         },
@@ -261,6 +288,46 @@ fn bank_transfers_stay_atomic_through_kills_crashes_and_partitions() {
             }
         }));
     }
+    // Single statements marking two rows, through nodes 2 and 3 (coordinators that crash
+    // and are partitioned away), each on its own rows: no waits between them.
+    let marked: Arc<Mutex<BTreeMap<i64, Told>>> = Arc::default();
+    for w in 0..2i32 {
+        let mut connect = reconnecting(&cluster, w as usize + 2);
+        let (stop, marked) = (stop.clone(), marked.clone());
+        workers.push(std::thread::spawn(move || {
+            let mut client = None;
+            let mut n = 0i64;
+            while !stop.load(Ordering::Relaxed) {
+                let Some(c) = client.as_mut() else {
+                    client = connect();
+                    if client.is_none() {
+                        std::thread::park_timeout(Duration::from_millis(100));
+                    }
+                    continue;
+                };
+                n += 1;
+                // Two different rows of this worker's: k = 2i + 1 + w.
+                let half = i64::from(MARK_ROWS / 2);
+                let i = n % half;
+                let mut j = (n * 7 + 3) % half;
+                if j == i {
+                    j = (j + 1) % half;
+                }
+                let (a, b) = ((2 * i + 1) as i32 + w, (2 * j + 1) as i32 + w);
+                let id = 3_000_000_000 + i64::from(w) * 100_000_000 + n;
+                let told = mark(c, id, a, b);
+                marked.lock().unwrap().insert(id, told);
+                if told != Told::Committed {
+                    // A node is down, most likely: not every few microseconds.
+                    std::thread::park_timeout(Duration::from_millis(20));
+                }
+                if c.is_closed() || (told != Told::Committed && c.simple_query("SELECT 1").is_err())
+                {
+                    client = None;
+                }
+            }
+        }));
+    }
     let committed = |outcomes: &Arc<Mutex<BTreeMap<i64, Told>>>| {
         outcomes
             .lock()
@@ -352,6 +419,49 @@ fn bank_transfers_stay_atomic_through_kills_crashes_and_partitions() {
             })
             .collect();
         panic!("torn transfers:\n{}", described.join("\n"));
+    }
+    // Every single statement marked both its rows or neither; as its client was told.
+    let marks: BTreeMap<i64, i64> = c
+        .query(
+            "SELECT id, count(*) FROM (SELECT unnest(ids) AS id FROM marks) m GROUP BY id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let torn_marks: Vec<_> = marks.iter().filter(|(_, n)| **n != 2).collect();
+    assert!(
+        torn_marks.is_empty(),
+        "statements that marked one row of two: {torn_marks:?}"
+    );
+    {
+        let marked = marked.lock().unwrap();
+        let lost: Vec<_> = marked
+            .iter()
+            .filter(|(id, t)| **t == Told::Committed && !marks.contains_key(id))
+            .collect();
+        let ghosts: Vec<_> = marked
+            .iter()
+            .filter(|(id, t)| **t == Told::Aborted && marks.contains_key(id))
+            .collect();
+        assert!(lost.is_empty(), "acknowledged statements missing: {lost:?}");
+        assert!(
+            ghosts.is_empty(),
+            "statements acknowledged as failed are visible: {ghosts:?}"
+        );
+        let count = |t: Told| marked.values().filter(|o| **o == t).count();
+        println!(
+            "{} single statements on two nodes: {} committed, {} failed, {} unknown",
+            marked.len(),
+            count(Told::Committed),
+            count(Told::Aborted),
+            count(Told::Unknown)
+        );
+        assert!(
+            count(Told::Committed) >= 50,
+            "too few single statements committed"
+        );
     }
     let total: i64 = c
         .query_one("SELECT sum(balance)::bigint FROM accounts", &[])
