@@ -35,6 +35,8 @@ use crate::pg::errors::{not_supported, raise};
 use crate::remote::pool::{self, RemoteTxn, Writer};
 
 thread_local! {
+    /// The transaction traced last and when its first step was traced.
+    static TRACE_START: RefCell<Option<(String, Instant)>> = const { RefCell::new(None) };
     /// The gid of this node's part while a COMMIT statement prepares it.
     static LOCAL_PART: RefCell<Option<String>> = const { RefCell::new(None) };
 }
@@ -78,7 +80,18 @@ fn trace(gid: &str, step: impl FnOnce() -> String) {
                 std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
             }
         };
-        log!("synapse 2pc {gid} [{app}]: {}", step());
+        // Microseconds since this transaction's first traced step.
+        let since = TRACE_START.with(|t| {
+            let mut t = t.borrow_mut();
+            match &*t {
+                Some((g, at)) if g == gid => at.elapsed().as_micros(),
+                _ => {
+                    *t = Some((gid.to_owned(), Instant::now()));
+                    0
+                }
+            }
+        });
+        log!("synapse 2pc {gid} [{app}] +{since}us: {}", step());
     }
 }
 
