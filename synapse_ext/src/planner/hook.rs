@@ -112,6 +112,17 @@ unsafe extern "C-unwind" fn planner(
         }
     };
     if !super::routing_active() {
+        // A lookup by key in one shard's partition: the key's index, not a sequential
+        // scan. A shard holds few pages, where PostgreSQL's costs tie a sequential scan
+        // with the index, but the scan reads every row of the shard.
+        let standard = |parse, query_string, cursor_options, bound_params| {
+            // SAFETY: a valid rewritten Query.
+            if unsafe { key_lookup_in_shard(parse) } {
+                without_seqscan(|| standard(parse, query_string, cursor_options, bound_params))
+            } else {
+                standard(parse, query_string, cursor_options, bound_params)
+            }
+        };
         // A statement another node sent for one shard here: planned on its partition.
         if crate::gucs::fragment() && !guard::is_bypassed() {
             // SAFETY: a valid rewritten Query and the planner's parameters.
@@ -233,6 +244,72 @@ unsafe extern "C-unwind" fn planner(
     // SAFETY: a finished plan.
     unsafe { check_plan(stmt) };
     stmt
+}
+
+/// Runs `plan` with sequential scans disabled (restored afterwards, also on error).
+fn without_seqscan<R>(plan: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            // SAFETY: restores the value saved below, main thread.
+            unsafe { pg_sys::enable_seqscan = self.0 };
+        }
+    }
+    // SAFETY: a plain global read by the planner, main thread.
+    let _restore = Restore(unsafe { pg_sys::enable_seqscan });
+    // SAFETY: as above.
+    unsafe { pg_sys::enable_seqscan = false };
+    plan()
+}
+
+/// Whether `parse` reads or writes one shard's partition only, by its shard key
+/// (`key = value` among its top-level conditions).
+unsafe fn key_lookup_in_shard(parse: *mut pg_sys::Query) -> bool {
+    // SAFETY: a valid Query; catalog lookups by oid.
+    unsafe {
+        let q = &*parse;
+        if !q.utilityStmt.is_null()
+            || q.hasSubLinks
+            || !q.cteList.is_null()
+            || !q.setOperations.is_null()
+            || q.jointree.is_null()
+            || !matches!(
+                q.commandType,
+                pg_sys::CmdType::CMD_SELECT
+                    | pg_sys::CmdType::CMD_UPDATE
+                    | pg_sys::CmdType::CMD_DELETE
+            )
+        {
+            return false;
+        }
+        let rtable = PgList::<pg_sys::RangeTblEntry>::from_pg(q.rtable);
+        if rtable.len() != 1 {
+            return false;
+        }
+        let Some(rte) = rtable.get_ptr(0) else {
+            return false;
+        };
+        let relid = (*rte).relid;
+        if (*rte).rtekind != pg_sys::RTEKind::RTE_RELATION || !pg_sys::get_rel_relispartition(relid)
+        {
+            return false;
+        }
+        let parent = get_partition_parent(relid, true);
+        let Some(opfamily) = guard::key_opfamily(parent) else {
+            return false;
+        };
+        let (schema, name) = crate::distribution::ddl::names(parent);
+        let Some(key) = crate::distribution::metadata::table_entry(&schema, &name)
+            .and_then(|e| e.shard_key)
+            .and_then(|k| std::ffi::CString::new(k).ok())
+        else {
+            return false;
+        };
+        let key_attno = pg_sys::get_attnum(relid, key.as_ptr());
+        crate::distribution::pins::and_clauses((*q.jointree).quals)
+            .into_iter()
+            .any(|c| crate::distribution::pins::key_value(c, 1, key_attno, opfamily).is_some())
+    }
 }
 
 /// Row locks (`FOR UPDATE/SHARE`) on a distributed table spanning nodes are not
