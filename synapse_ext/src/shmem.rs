@@ -7,10 +7,11 @@
 
 use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering};
 
-use synapse_core::breaker::{Breaker, BreakerState, Swim};
-
 use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, PGRXSharedMemory, PgAtomic};
+use synapse_core::breaker::{Breaker, BreakerState, Swim};
+
+use crate::pg::time::now_ms;
 
 /// The synapse background workers of a node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -204,12 +205,6 @@ fn store(slot: &PeerSlot, b: &Breaker) {
     slot.retry_at_ms.store(b.retry_at_ms, Ordering::Relaxed);
     slot.backoff_ms.store(b.backoff_ms, Ordering::Relaxed);
     slot.state.store(b.state.to_u32(), Ordering::Release);
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Applies `f` to node `name`'s breaker.

@@ -31,6 +31,12 @@ pub struct WaitEdge {
     pub waiter_pid: i32,
     pub blocker: Txn,
     pub blocker_pid: i32,
+    /// One of the two transactions has several sessions on `node` (a statement writing
+    /// on several nodes reaches this node's shards through a connection of its own),
+    /// one of which waits for the other's answer, not for a lock: PostgreSQL cannot see
+    /// a cycle through it even on one node.
+    #[serde(default)]
+    pub hidden: bool,
 }
 
 /// A cycle that spans nodes, and the transaction to cancel.
@@ -59,18 +65,27 @@ impl Cycle {
     }
 }
 
-/// The cycles of `edges` that span more than one node, one per strongly connected
-/// component, each with its youngest transaction as the victim.
+/// The cycles of `edges` that span more than one node (or pass through a session waiting
+/// for another session of its transaction, see [`WaitEdge::hidden`]), one per strongly
+/// connected component, each with its youngest transaction as the victim.
 pub fn find_cycles(edges: &[WaitEdge]) -> Vec<Cycle> {
     let mut txns: BTreeMap<&str, &Txn> = BTreeMap::new();
     let mut graph: DiGraphMap<&str, ()> = DiGraphMap::new();
     // Which nodes reported each edge.
     let mut reported: BTreeMap<(&str, &str), BTreeSet<&str>> = BTreeMap::new();
+    let mut cycles = Vec::new();
     for e in edges {
         if e.waiter.name == e.blocker.name {
-            // A transaction waiting for itself on one node: a participant waiting for a
-            // lock its own coordinator session holds is PostgreSQL's business, not a cycle
-            // between transactions.
+            // A transaction waiting for itself: across its sessions on several nodes that is
+            // no cycle; but a session of it waiting for a lock that another session of it
+            // holds on the same node, which waits for the first one's answer, never ends.
+            if e.hidden && !cycles.iter().any(|c: &Cycle| c.victim == e.waiter) {
+                cycles.push(Cycle {
+                    members: vec![e.waiter.name.clone()],
+                    nodes: vec![e.node.clone()],
+                    victim: e.waiter.clone(),
+                });
+            }
             continue;
         }
         txns.insert(&e.waiter.name, &e.waiter);
@@ -81,7 +96,6 @@ pub fn find_cycles(edges: &[WaitEdge]) -> Vec<Cycle> {
             .or_default()
             .insert(&e.node);
     }
-    let mut cycles = Vec::new();
     for component in tarjan_scc(&graph) {
         if component.len() < 2 {
             continue;
@@ -92,7 +106,12 @@ pub fn find_cycles(edges: &[WaitEdge]) -> Vec<Cycle> {
             .filter(|((a, b), _)| members.contains(a) && members.contains(b))
             .flat_map(|(_, n)| n.iter().copied())
             .collect();
-        if nodes.len() < 2 {
+        let hidden = edges.iter().any(|e| {
+            e.hidden
+                && members.contains(e.waiter.name.as_str())
+                && members.contains(e.blocker.name.as_str())
+        });
+        if nodes.len() < 2 && !hidden {
             continue;
         }
         let victim = members
@@ -169,7 +188,32 @@ mod tests {
             waiter_pid: 1,
             blocker: blocker.clone(),
             blocker_pid: 2,
+            hidden: false,
         }
+    }
+
+    fn hidden(node: &str, waiter: &Txn, blocker: &Txn) -> WaitEdge {
+        WaitEdge {
+            hidden: true,
+            ..edge(node, waiter, blocker)
+        }
+    }
+
+    #[test]
+    fn a_cycle_through_a_transactions_own_sessions_on_one_node_is_broken() {
+        let (g, t1) = (t("g1", 10), t("node1:77", 20));
+        // g's session on its own shards waits for t1, which waits for g's coordinator
+        // session (waiting for g's other session's answer): one node, no lock cycle that
+        // PostgreSQL could see.
+        let cycles = find_cycles(&[hidden("node1", &g, &t1), hidden("node1", &t1, &g)]);
+        assert_eq!(cycles.len(), 1);
+        assert_eq!(cycles[0].victim, t1);
+        // g's session waits for a lock its coordinator session holds: g never ends.
+        let cycles = find_cycles(&[hidden("node1", &g, &g)]);
+        assert_eq!(cycles.len(), 1);
+        assert_eq!(cycles[0].victim, g);
+        assert_eq!(cycles[0].describe(), "g1 waits for g1 (nodes node1)");
+        assert!(still_deadlocked(&[hidden("node1", &g, &g)], "g1"));
     }
 
     #[test]

@@ -14,16 +14,11 @@ use synapse_core::raft::types::{Command, CommandResult, NodeAddr};
 
 use crate::gucs;
 use crate::pg::local_rpc::{call, report};
+use crate::pg::time::now_ms;
 use crate::shmem::{self, WorkerKind};
 
 fn ask(request: LocalRequest) -> LocalReply {
     call(&request, Duration::from_millis(gucs::raft_timeout_ms()))
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 fn node_id(reply: LocalReply) -> i64 {

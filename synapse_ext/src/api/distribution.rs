@@ -195,18 +195,7 @@ fn circuit_breakers() -> TableIterator<
     ),
 > {
     let me = crate::distribution::metadata::local_node_id();
-    // Unix milliseconds as a TimestampTz (microseconds since 2000-01-01).
-    let at = |ms: i64| {
-        (ms > 0)
-            .then(|| {
-                let pg = (ms - 946_684_800_000) * 1000;
-                // SAFETY: any i64 is a valid TimestampTz bit pattern.
-                unsafe {
-                    pgrx::datum::TimestampWithTimeZone::from_datum(pg_sys::Datum::from(pg), false)
-                }
-            })
-            .flatten()
-    };
+    let at = |ms: i64| (ms > 0).then(|| crate::pg::time::timestamptz_ms(ms));
     let rows: Vec<_> = crate::distribution::metadata::nodes()
         .into_iter()
         .filter(|n| n.id != me)

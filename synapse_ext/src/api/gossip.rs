@@ -12,13 +12,7 @@ use crate::pg::local_rpc::{exchange, report};
 /// How long a backend waits for the gossip worker.
 const ASK_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Microseconds between the Unix epoch and PostgreSQL's (2000-01-01).
-const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
-
-fn timestamp(unix_ms: i64) -> TimestampWithTimeZone {
-    TimestampWithTimeZone::try_from(unix_ms * 1000 - PG_EPOCH_OFFSET_US)
-        .unwrap_or_else(|_| TimestampWithTimeZone::negative_infinity())
-}
+use crate::pg::time::timestamptz_ms as timestamp;
 
 fn ask(request: GossipRequest) -> GossipReply {
     match exchange::<_, GossipReply>("gossip", &request, ASK_TIMEOUT) {

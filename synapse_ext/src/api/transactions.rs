@@ -9,19 +9,12 @@ use pgrx::datum::TimestampWithTimeZone;
 use pgrx::prelude::*;
 use synapse_core::txn::Gxid;
 
-use crate::distribution::metadata;
 use crate::gucs;
 use crate::pg::errors::raise;
-use crate::remote::pool::{self, Access};
+use crate::remote::pool;
 use crate::txn::{activity, recovery};
 
-/// Microseconds between the Unix epoch and PostgreSQL's (2000-01-01).
-const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
-
-fn timestamp_us(unix_us: i64) -> TimestampWithTimeZone {
-    TimestampWithTimeZone::try_from(unix_us - PG_EPOCH_OFFSET_US)
-        .unwrap_or_else(|_| TimestampWithTimeZone::negative_infinity())
-}
+use crate::pg::time::timestamptz_us as timestamp_us;
 
 /// `synapse.join_transaction(gid)`: this session works for global transaction `gid` until
 /// its transaction ends. Called by coordinators on the sessions they open.
@@ -130,6 +123,18 @@ fn transactions() -> TableIterator<
     TableIterator::new(rows)
 }
 
+/// A row of `recover_local_transactions()` / `recover_transactions()`: the node, the
+/// transaction, what was done and why.
+type RecoveryRow = (String, Option<String>, String, String);
+
+/// What this node's recovery did now, as rows.
+fn recovered_here() -> Vec<RecoveryRow> {
+    recovery::recover_here()
+        .into_iter()
+        .map(|r| (r.node, r.gid, r.action, r.detail))
+        .collect()
+}
+
 /// `synapse.recover_local_transactions()`: resolves this node's prepared transactions of
 /// ours now (what the maintenance worker does every `synapse.recovery_interval`).
 #[pg_extern(volatile)]
@@ -143,11 +148,7 @@ fn recover_local_transactions() -> TableIterator<
         name!(detail, String),
     ),
 > {
-    let rows: Vec<_> = recovery::recover_here()
-        .into_iter()
-        .map(|r| (r.node, r.gid, r.action, r.detail))
-        .collect();
-    TableIterator::new(rows)
+    TableIterator::new(recovered_here())
 }
 
 /// `synapse.recover_transactions()`: resolves the prepared transactions of ours on every
@@ -163,18 +164,11 @@ fn recover_transactions() -> TableIterator<
         name!(detail, String),
     ),
 > {
-    let mut rows: Vec<_> = recovery::recover_here()
-        .into_iter()
-        .map(|r| (r.node, r.gid, r.action, r.detail))
-        .collect();
-    let me = metadata::local_node_id();
-    for node in metadata::nodes().into_iter().filter(|n| n.id != me) {
-        let answer = pool::try_with_access(&node, Access::Read, |c| {
-            c.exec(
-                "SELECT node, gxid, action, detail FROM synapse.recover_local_transactions()",
-                &[],
-            )
-        });
+    let mut rows = recovered_here();
+    for (node, answer) in pool::on_other_nodes(
+        "SELECT node, gxid, action, detail FROM synapse.recover_local_transactions()",
+        &[],
+    ) {
         match answer {
             Ok(result) => {
                 for row in result.rows {

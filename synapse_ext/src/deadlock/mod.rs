@@ -15,9 +15,9 @@ use pgrx::{pg_shmem_init, PGRXSharedMemory, PgAtomic};
 use synapse_core::deadlock::{Txn, WaitEdge};
 use synapse_core::txn::Gxid;
 
-use crate::distribution::metadata;
 use crate::gucs;
-use crate::remote::pool::{self, Access};
+use crate::pg::time::now_ms;
+use crate::remote::pool;
 use crate::txn::activity;
 
 mod scan;
@@ -78,12 +78,6 @@ pub fn init() {
         PREV_EMIT_LOG = pg_sys::emit_log_hook;
         pg_sys::emit_log_hook = Some(emit_log);
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Leaves `detail` for backend `pid`, then cancels its statement.
@@ -169,6 +163,12 @@ pub fn edges_here() -> Vec<WaitEdge> {
         .into_iter()
         .map(|m| (m.pid, m.gxid))
         .collect();
+    // Transactions with several sessions here (see `WaitEdge::hidden`).
+    let mut sessions: std::collections::HashMap<String, usize> = Default::default();
+    for g in members.values() {
+        *sessions.entry(g.gid()).or_default() += 1;
+    }
+    let several = |t: &Txn| sessions.get(&t.name).is_some_and(|n| *n > 1);
     let txn = |pid: i32, started_us: i64| match members.get(&pid) {
         Some(g) => Txn {
             name: g.gid(),
@@ -197,11 +197,13 @@ pub fn edges_here() -> Vec<WaitEdge> {
             num(2)? as i32,
             num(3).unwrap_or(0),
         );
+        let (waiter, blocker) = (txn(wp, ws), txn(bp, bs));
         Some(WaitEdge {
             node: node.clone(),
-            waiter: txn(wp, ws),
+            hidden: several(&waiter) || several(&blocker),
+            waiter,
             waiter_pid: wp,
-            blocker: txn(bp, bs),
+            blocker,
             blocker_pid: bp,
         })
     })
@@ -212,11 +214,9 @@ pub fn edges_here() -> Vec<WaitEdge> {
 pub fn edges_everywhere() -> (Vec<WaitEdge>, Vec<String>) {
     let mut edges = edges_here();
     let mut unreachable = Vec::new();
-    let me = metadata::local_node_id();
-    for node in metadata::nodes().into_iter().filter(|n| n.id != me) {
-        let answer = pool::try_with_access(&node, Access::Read, |c| {
-            c.exec("SELECT edges FROM synapse.wait_edges_here() edges", &[])
-        });
+    for (node, answer) in
+        pool::on_other_nodes("SELECT edges FROM synapse.wait_edges_here() edges", &[])
+    {
         match answer {
             Ok(rows) => {
                 for row in rows.rows {

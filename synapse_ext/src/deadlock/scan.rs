@@ -10,12 +10,11 @@ use pgrx::bgworkers::BackgroundWorker;
 use pgrx::prelude::*;
 use synapse_core::deadlock::{find_cycles, still_deadlocked, Cycle};
 
-use crate::distribution::metadata;
 use crate::gucs;
 use crate::pg::signals;
 use crate::pg::wait::WaitSet;
 use crate::pg::xact::in_transaction;
-use crate::remote::pool::{self, Access};
+use crate::remote::pool;
 use crate::shmem::{self, WorkerKind};
 
 /// Cycles kept in `synapse.deadlock_history`.
@@ -74,14 +73,10 @@ fn scan() -> Result<Vec<Cycle>, String> {
             cycle.describe()
         );
         let mut cancelled = super::cancel_here(&cycle.victim.name, &detail).len() as i64;
-        let me = metadata::local_node_id();
-        for node in metadata::nodes().into_iter().filter(|n| n.id != me) {
-            let answer = pool::try_with_access(&node, Access::Read, |c| {
-                c.exec(
-                    "SELECT synapse.cancel_deadlock_victim($1, $2)",
-                    &[Some(cycle.victim.name.as_str()), Some(detail.as_str())],
-                )
-            });
+        for (_, answer) in pool::on_other_nodes(
+            "SELECT synapse.cancel_deadlock_victim($1, $2)",
+            &[Some(cycle.victim.name.as_str()), Some(detail.as_str())],
+        ) {
             if let Ok(rows) = answer {
                 cancelled += rows
                     .rows

@@ -35,12 +35,7 @@ const COPY_CHUNK: usize = 4 << 20;
 pub const REFERENCE_TRIGGER: &str = "synapse_reference_writes";
 
 use crate::pg::errors::raise as error;
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+use crate::pg::time::now_ms;
 
 fn check_owner(table: pg_sys::Oid) {
     // SAFETY: catalog lookups on the main thread.

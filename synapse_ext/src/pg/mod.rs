@@ -7,6 +7,7 @@ pub mod local_rpc;
 pub mod plans;
 pub mod signals;
 pub mod spi;
+pub mod time;
 pub mod wait;
 pub mod xact;
 

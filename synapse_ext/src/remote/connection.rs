@@ -54,9 +54,21 @@ pub struct Failure {
 }
 
 impl RemoteError {
-    /// The node cannot be used now (without a connection attempt).
-    pub fn unavailable(node: &str, message: String) -> RemoteError {
-        RemoteError::lost(node, message)
+    /// The node's circuit breaker is open: statements that need it fail at once.
+    pub fn breaker_open(node: &str, retry_in_ms: i64) -> RemoteError {
+        let mut e = RemoteError::lost(
+            node,
+            format!("its circuit breaker is open (next try in {retry_in_ms} ms)"),
+        );
+        e.0.detail = Some(
+            "The node failed repeatedly or SWIM reports it failed; statements that need it fail at once."
+                .into(),
+        );
+        e.0.hint = Some(
+            "See SELECT * FROM synapse.circuit_breakers(); statements that need only other nodes keep working."
+                .into(),
+        );
+        e
     }
 
     fn lost(node: &str, message: String) -> RemoteError {

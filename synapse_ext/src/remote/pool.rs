@@ -23,6 +23,7 @@ use synapse_core::txn::Gxid;
 
 use super::connection::{ClientTls, Connection, NodeTarget, RemoteError};
 use crate::gucs;
+use crate::pg::time::now_ms;
 use crate::txn::activity;
 
 /// The state of the remote transaction on one connection.
@@ -104,7 +105,6 @@ pub fn with_access<R>(
     if POOL.with(|p| p.borrow().diverged) {
         diverged_error();
     }
-    check_available(target);
     try_with_access(target, access, f).unwrap_or_else(|e| e.report())
 }
 
@@ -116,15 +116,7 @@ pub fn try_with_access<R>(
     f: impl FnOnce(&mut Connection) -> Result<R, RemoteError>,
 ) -> Result<R, RemoteError> {
     register_callbacks();
-    if let Err(retry_at_ms) = crate::shmem::breaker_allow(&target.name) {
-        return Err(RemoteError::unavailable(
-            &target.name,
-            format!(
-                "its circuit breaker is open (next try in {} ms)",
-                (retry_at_ms - now_ms()).max(0)
-            ),
-        ));
-    }
+    breaker_closed(target)?;
     let result = POOL.with(|p| {
         let mut pool = p.borrow_mut();
         let entry = match pool.entries.remove(&target.id) {
@@ -221,12 +213,6 @@ pub fn set_participants(nodes: &[u64]) {
     });
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 fn too_many(target: &NodeTarget, limit: i32) -> ! {
     pgrx::pg_sys::panic::ErrorReport::new(
         PgSqlErrorCode::ERRCODE_TOO_MANY_CONNECTIONS,
@@ -243,21 +229,16 @@ fn too_many(target: &NodeTarget, limit: i32) -> ! {
 
 /// Fails at once if `target`'s circuit breaker is open.
 pub fn check_available(target: &NodeTarget) {
-    if let Err(retry_at_ms) = crate::shmem::breaker_allow(&target.name) {
-        let wait = retry_at_ms - now_ms();
-        pgrx::pg_sys::panic::ErrorReport::new(
-            PgSqlErrorCode::ERRCODE_CONNECTION_FAILURE,
-            format!(
-                "node \"{}\" is unavailable: its circuit breaker is open (next try in {} ms)",
-                target.name,
-                wait.max(0)
-            ),
-            "synapse pool",
-        )
-        .set_detail("The node failed repeatedly or SWIM reports it failed; statements that need it fail at once.")
-        .set_hint("See SELECT * FROM synapse.circuit_breakers(); statements that need only other nodes keep working.")
-        .report(PgLogLevel::ERROR);
+    if let Err(e) = breaker_closed(target) {
+        e.report();
     }
+}
+
+/// Whether node `target` may be asked now: not if its circuit breaker is open.
+fn breaker_closed(target: &NodeTarget) -> Result<(), RemoteError> {
+    crate::shmem::breaker_allow(&target.name).map_err(|retry_at_ms| {
+        RemoteError::breaker_open(&target.name, (retry_at_ms - now_ms()).max(0))
+    })
 }
 
 /// Lets the current transaction write here and on other nodes without ending with a
@@ -301,6 +282,30 @@ pub fn remote_writers() -> Vec<Writer> {
             })
             .collect()
     })
+}
+
+/// Runs `sql` with `params` on every other member node (each a read of its own), sent to
+/// all of them before any answer is awaited; each node with its rows, or why it could not
+/// answer.
+pub fn on_other_nodes(
+    sql: &str,
+    params: &[Option<&str>],
+) -> Vec<(NodeTarget, Result<super::connection::Rows, RemoteError>)> {
+    let me = crate::distribution::metadata::local_node_id();
+    let sent: Vec<_> = crate::distribution::metadata::nodes()
+        .into_iter()
+        .filter(|n| n.id != me)
+        .map(|n| {
+            let sent = try_with_access(&n, Access::Read, |c| c.send(sql, params));
+            (n, sent)
+        })
+        .collect();
+    sent.into_iter()
+        .map(|(n, sent)| {
+            let answer = sent.and_then(|()| try_with_access(&n, Access::Read, |c| c.finish(None)));
+            (n, answer)
+        })
+        .collect()
 }
 
 /// Whether the current transaction wrote on this node.

@@ -13,6 +13,8 @@ use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, PGRXSharedMemory, PgAtomic};
 use synapse_core::txn::{Gxid, TxnState};
 
+use crate::pg::time::now_ms;
+
 /// Backends with a slot: `MyBackendId` up to this many.
 pub const MAX_BACKEND_SLOTS: usize = 1024;
 /// Transactions kept for `synapse.transactions`.
@@ -132,20 +134,12 @@ pub fn init() {
     pg_shmem_init!(TXN);
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
-/// Microseconds between the Unix epoch and PostgreSQL's (2000-01-01).
-const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
-
 /// A new global id for the current transaction, coordinated here: its start time is the
 /// transaction's own (so the youngest of a deadlock is the one that began last).
 pub fn new_gxid(node: u64) -> Gxid {
     // SAFETY: reads the current transaction's start time, main thread.
-    let start_us = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() } + PG_EPOCH_OFFSET_US;
+    let start_us = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() }
+        + crate::pg::time::PG_EPOCH_OFFSET_US;
     Gxid {
         node,
         start_us,

@@ -18,6 +18,7 @@ use synapse_core::txn::{self, Decision, Gxid, Outcome, RecoveryAction};
 use crate::gucs;
 use crate::pg::local_rpc;
 use crate::pg::spi;
+use crate::pg::time::now_ms;
 
 /// What recovery did with one prepared transaction.
 pub struct Resolution {
@@ -175,10 +176,4 @@ pub fn forget(prepared: &BTreeSet<String>, keep_ms: i64) -> Result<usize, String
 /// Our prepared gids on this node.
 pub fn prepared_gids_here() -> Vec<String> {
     prepared_here().into_iter().map(|(gid, _)| gid).collect()
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }

@@ -12,7 +12,7 @@ use crate::gucs;
 use crate::pg::signals;
 use crate::pg::wait::WaitSet;
 use crate::pg::xact::in_transaction;
-use crate::remote::pool::{self, Access};
+use crate::remote::pool;
 use crate::shmem::{self, WorkerKind};
 use crate::txn::recovery;
 
@@ -65,18 +65,11 @@ fn recover() {
 fn forget() {
     let result = in_transaction(|| -> Result<usize, String> {
         let mut prepared: BTreeSet<String> = recovery::prepared_gids_here().into_iter().collect();
-        let me = crate::distribution::metadata::local_node_id();
-        for node in crate::distribution::metadata::nodes()
-            .into_iter()
-            .filter(|n| n.id != me)
-        {
-            let rows = pool::try_with_access(&node, Access::Read, |c| {
-                c.exec(
-                    "SELECT gid FROM pg_catalog.pg_prepared_xacts WHERE gid LIKE 'synapse\\_%'",
-                    &[],
-                )
-            })
-            .map_err(|e| format!("node \"{}\": {}", node.name, e.message))?;
+        for (node, answer) in pool::on_other_nodes(
+            "SELECT gid FROM pg_catalog.pg_prepared_xacts WHERE gid LIKE 'synapse\\_%'",
+            &[],
+        ) {
+            let rows = answer.map_err(|e| format!("node \"{}\": {}", node.name, e.message))?;
             prepared.extend(
                 rows.rows
                     .into_iter()
