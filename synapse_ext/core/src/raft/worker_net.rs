@@ -49,18 +49,7 @@ impl MailboxSink {
 }
 
 impl CatalogSink for MailboxSink {
-    /// A batch of commit decisions only is written behind: the decisions are durable in
-    /// the Raft log and served from the state machine (a decision's first proposal wins
-    /// there), and the table is the catalog's cache, which the main thread writes in
-    /// order (a crash before it re-applies the entries from the log). Waiting for that
-    /// transaction doubled a distributed commit's latency. Anything else is written
-    /// before it counts as applied.
     async fn persist(&self, batch: AppliedBatch) -> io::Result<()> {
-        let decisions_only =
-            !batch.changes.is_empty() && batch.changes.iter().all(|c| !c.affects_metadata());
-        if decisions_only && self.0.post(RaftMainRequest::Persist(batch.clone())).is_ok() {
-            return Ok(());
-        }
         self.send(RaftMainRequest::Persist(batch)).await
     }
 
