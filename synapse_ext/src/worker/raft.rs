@@ -33,18 +33,6 @@ pub extern "C-unwind" fn synapse_raft_main(_arg: pg_sys::Datum) {
     signals::install();
     BackgroundWorker::connect_worker_to_spi(Some(&gucs::database()), None);
     shmem::register_worker(WorkerKind::Raft);
-    // The worker writes only the catalog tables, a copy of the Raft state: the Raft log is
-    // the durable record (after a crash, entries past the applied id that reached the
-    // tables are applied again from it), so its commits need no WAL flush.
-    // SAFETY: main thread, before any transaction of the worker.
-    unsafe {
-        pg_sys::SetConfigOption(
-            c"synchronous_commit".as_ptr(),
-            c"off".as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-        );
-    }
     let mut waits = WaitSet::new(1);
 
     // The catalog tables exist once the extension is created.
@@ -146,25 +134,8 @@ fn handle(envelope: Envelope<RaftMainRequest, Result<(), String>>) {
     envelope.answer(answer);
 }
 
-/// Runs one of the catalog statements below with its one argument, through a plan kept
-/// for the worker's life (every applied batch runs the same few statements).
 fn run(sql: &str, arg: &str) -> Result<(), String> {
-    use pgrx::IntoDatum;
-    let mut values = [arg.into_datum().expect("text is never NULL")];
-    let nulls = [b' ' as std::os::raw::c_char];
-    // SAFETY: main thread inside a transaction; SPI connected and finished here (an
-    // ERROR ends the transaction, whose abort cleans SPI up; `in_transaction` reports it).
-    let code = unsafe {
-        pg_sys::SPI_connect();
-        let plan = crate::pg::plans::kept(sql, &[pg_sys::TEXTOID]);
-        let code = pg_sys::SPI_execute_plan(plan, values.as_mut_ptr(), nulls.as_ptr(), false, 0);
-        pg_sys::SPI_finish();
-        code
-    };
-    if code < 0 {
-        return Err(format!("SPI code {code}"));
-    }
-    Ok(())
+    Spi::run_with_args(sql, &[arg.into()]).map_err(|e| e.to_string())
 }
 
 const UPSERT_CLUSTER: &str = "INSERT INTO synapse.cluster_catalog \
@@ -234,7 +205,9 @@ fn set_applied(applied: &AppliedRow) -> Result<(), String> {
 }
 
 fn persist(batch: &AppliedBatch) -> Result<(), String> {
-    // (synchronous_commit is off for the worker: see `synapse_raft_main`.)
+    // The Raft log is the durable record: after a crash, entries past the applied id that
+    // reached the tables are re-applied from it. No WAL flush per batch is needed.
+    Spi::run("SET LOCAL synchronous_commit = off").map_err(|e| e.to_string())?;
     for change in &batch.changes {
         apply_change(change)?;
     }
