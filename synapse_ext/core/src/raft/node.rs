@@ -320,6 +320,11 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
         self.shared.running.get().map(|r| r.sm.state())
     }
 
+    /// Reads this node's current catalog in place (see [`CatalogStateMachine::read`]).
+    pub fn read_catalog<R>(&self, f: impl FnOnce(&CatalogState) -> R) -> Option<R> {
+        self.shared.running.get().map(|r| r.sm.read(f))
+    }
+
     /// Answers a request from one of this node's backends.
     pub async fn handle_local(&self, request: LocalRequest) -> LocalReply {
         let _running = self.shared.local.read().await;
@@ -636,11 +641,19 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
     ) {
         let mut installed = 0;
         loop {
-            let state = self.catalog_state();
-            if let Some(tls) = state.and_then(|s| s.catalog.tls) {
-                // On failure, tried again at the next change.
-                if tls.crl_number > installed && self.install_crl(&tls.crl_pem).is_ok() {
-                    installed = tls.crl_number;
+            let newer = self
+                .read_catalog(|s| {
+                    s.catalog
+                        .tls
+                        .as_ref()
+                        .filter(|t| t.crl_number > installed)
+                        .map(|t| (t.crl_number, t.crl_pem.clone()))
+                })
+                .flatten();
+            // On failure, tried again at the next change.
+            if let Some((number, crl_pem)) = newer {
+                if self.install_crl(&crl_pem).is_ok() {
+                    installed = number;
                 }
             }
             if metrics.changed().await.is_err() {
@@ -850,8 +863,8 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
             seconds_left: Some(cert.not_after_unix - now),
             ca_fingerprint: Some(ca.fingerprint),
             crl_number: self
-                .catalog_state()
-                .and_then(|s| s.catalog.tls.map(|t| t.crl_number)),
+                .read_catalog(|s| s.catalog.tls.as_ref().map(|t| t.crl_number))
+                .flatten(),
         })
     }
 

@@ -97,8 +97,8 @@ impl<S: CatalogSink, P: NodeProbe> Cluster for ClusterSvc<S, P> {
         let peer = peer(&request)?;
         let member = self
             .0
-            .catalog_state()
-            .is_some_and(|s| s.catalog.nodes.contains_key(&peer.node_id));
+            .read_catalog(|s| s.catalog.nodes.contains_key(&peer.node_id))
+            .unwrap_or(false);
         if !member {
             return Err(Status::permission_denied(format!(
                 "node {} ({}) is not a member of the cluster",

@@ -151,6 +151,13 @@ impl<S: CatalogSink> CatalogStateMachine<S> {
         self.lock().state.clone()
     }
 
+    /// Reads the current state in place: the catalog holds every recent commit decision,
+    /// so copying it whole is too costly for reads on hot paths (a peer call's membership
+    /// check, following the CRL at every applied batch).
+    pub fn read<R>(&self, f: impl FnOnce(&CatalogState) -> R) -> R {
+        f(&self.lock().state)
+    }
+
     fn store_snapshot(
         &self,
         snapshot: StoredSnapshot,
