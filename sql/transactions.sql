@@ -2,9 +2,8 @@
 -- its backends work for which global transaction.
 CREATE VIEW synapse.transactions AS
     SELECT t.gxid, t.coordinator_node, t.state, t.participant_nodes, t.coordinator_pid,
-           t.started_at, t.updated_at, t.prepared_here, d.outcome AS decision, d.decided_by
-    FROM synapse.transactions() t
-    LEFT JOIN synapse.transaction_catalog d ON d.gid = t.gxid;
+           t.started_at, t.updated_at, t.prepared_here, t.decision, t.decided_by
+    FROM synapse.transactions() t;
 COMMENT ON VIEW synapse.transactions IS 'Distributed transactions this node coordinated recently (their states) and those prepared on this node, with their commit decisions';
 
 CREATE VIEW synapse.distributed_activity AS

@@ -74,7 +74,7 @@ fn distributed_activity_here() -> TableIterator<
 
 /// `synapse.transactions()`: the distributed transactions this node coordinated recently
 /// (state as its coordinator last knew it), and the prepared transactions of ours on this
-/// node (state PREPARED, with the decision recorded for them, if any).
+/// node (state PREPARED), each with the commit decision recorded for it, if any.
 #[pg_extern(volatile)]
 #[allow(clippy::type_complexity)]
 fn transactions() -> TableIterator<
@@ -88,6 +88,8 @@ fn transactions() -> TableIterator<
         name!(started_at, TimestampWithTimeZone),
         name!(updated_at, TimestampWithTimeZone),
         name!(prepared_here, bool),
+        name!(decision, Option<String>),
+        name!(decided_by, Option<String>),
     ),
 > {
     let prepared: BTreeSet<String> = recovery::prepared_gids_here().into_iter().collect();
@@ -120,6 +122,27 @@ fn transactions() -> TableIterator<
             true,
         ));
     }
+    let decisions = recovery::decisions(rows.iter().map(|r| r.0.clone()).collect());
+    let rows: Vec<_> = rows
+        .into_iter()
+        .map(
+            |(gid, node, state, participants, pid, started, updated, here)| {
+                let d = decisions.get(&gid);
+                (
+                    gid,
+                    node,
+                    state,
+                    participants,
+                    pid,
+                    started,
+                    updated,
+                    here,
+                    d.map(|d| d.outcome.as_str().to_owned()),
+                    d.map(|d| d.decided_by.clone()),
+                )
+            },
+        )
+        .collect();
     TableIterator::new(rows)
 }
 

@@ -8,10 +8,10 @@
 //! coordinator that decided to commit meanwhile). Decisions no node needs any more are
 //! forgotten by the Raft leader's maintenance worker, once every member has answered.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use synapse_core::raft::messages::LocalRequest;
+use synapse_core::raft::messages::{LocalReply, LocalRequest};
 use synapse_core::raft::types::Command;
 use synapse_core::txn::{self, Decision, Gxid, Outcome, RecoveryAction};
 
@@ -42,6 +42,46 @@ fn prepared_here() -> Vec<(String, i64)> {
         let gid = row.first()?.clone()?;
         let age = row.get(1)?.as_deref()?.parse().ok()?;
         Gxid::parse(&gid).is_some().then_some((gid, age))
+    })
+    .collect()
+}
+
+/// The commit decisions recorded for `gids`, by gid: as this node's Raft state machine
+/// has applied them (the catalog table is written behind it), or from the table when the
+/// raft worker does not answer.
+pub fn decisions(gids: Vec<String>) -> BTreeMap<String, Decision> {
+    if gids.is_empty() {
+        return BTreeMap::new();
+    }
+    let timeout = Duration::from_millis(gucs::raft_timeout_ms());
+    if let Ok(LocalReply::Decisions(found)) =
+        local_rpc::try_call(&LocalRequest::Decisions { gids: gids.clone() }, timeout)
+    {
+        return found.into_iter().map(|d| (d.gid.clone(), d)).collect();
+    }
+    spi::select_rows(
+        "SELECT gid, outcome, decided_by FROM synapse.transaction_catalog WHERE gid = ANY($1::text[])",
+        &[format!("{{{}}}", gids.join(",")).as_str()],
+    )
+    .into_iter()
+    .filter_map(|row| {
+        let mut row = row.into_iter();
+        let (gid, outcome, by) = (row.next()??, row.next()??, row.next()??);
+        Some((
+            gid.clone(),
+            Decision {
+                gid,
+                outcome: if outcome == "commit" {
+                    Outcome::Commit
+                } else {
+                    Outcome::Abort
+                },
+                coordinator: 0,
+                participants: vec![],
+                decided_at_unix_ms: 0,
+                decided_by: by,
+            },
+        ))
     })
     .collect()
 }

@@ -68,12 +68,34 @@ pub extern "C-unwind" fn synapse_raft_main(_arg: pg_sys::Datum) {
             signals::reload_config();
         }
         let mut restart = None;
-        inbox.drain(|envelope| {
-            if let RaftMainRequest::Restart(why) = &envelope.request {
-                restart = Some(why.clone());
+        let mut queued = Vec::new();
+        inbox.drain(|envelope| queued.push(envelope));
+        let mut queued = queued.into_iter().peekable();
+        while let Some(envelope) = queued.next() {
+            match &envelope.request {
+                RaftMainRequest::Restart(why) => restart = Some(why.clone()),
+                RaftMainRequest::Persist(_) => {
+                    // Batches queued together are written in one transaction.
+                    let mut batches = vec![envelope];
+                    while let Some(next) =
+                        queued.next_if(|e| matches!(e.request, RaftMainRequest::Persist(_)))
+                    {
+                        batches.push(next);
+                    }
+                    if let Err(e) = persist_all(batches) {
+                        // A batch written behind may be lost: start again from what the
+                        // tables hold, replaying the Raft log from there.
+                        restart = Some(format!(
+                            "synapse raft: could not write the catalog ({e}); restarting"
+                        ));
+                        break;
+                    }
+                    continue;
+                }
+                _ => {}
             }
-            handle(envelope)
-        });
+            handle(envelope);
+        }
         if let Some(why) = restart {
             log!("{why}");
             let _ = net.stop(Duration::from_millis(500));
@@ -102,17 +124,39 @@ fn extension_exists() -> bool {
     .unwrap_or(false)
 }
 
-fn handle(envelope: Envelope<RaftMainRequest, Result<(), String>>) {
+type RaftEnvelope = Envelope<RaftMainRequest, Result<(), String>>;
+
+/// Writes applied batches, in order, in one transaction; answers each.
+fn persist_all(envelopes: Vec<RaftEnvelope>) -> Result<(), String> {
+    let batches: Vec<&AppliedBatch> = envelopes
+        .iter()
+        .filter_map(|e| match &e.request {
+            RaftMainRequest::Persist(batch) => Some(batch),
+            _ => None,
+        })
+        .collect();
+    let done = write_batches(&batches);
+    for envelope in envelopes {
+        envelope.answer(done.clone());
+    }
+    done
+}
+
+/// Writes applied batches in one transaction; backends re-read metadata after it.
+fn write_batches(batches: &[&AppliedBatch]) -> Result<(), String> {
+    let changed = batches
+        .iter()
+        .any(|b| b.changes.iter().any(CatalogChange::affects_metadata));
+    let done = in_transaction(|| persist(batches)).and_then(|r| r);
+    if done.is_ok() && changed {
+        crate::shmem::bump_catalog_generation();
+    }
+    done
+}
+
+fn handle(envelope: RaftEnvelope) {
     let answer = match &envelope.request {
-        RaftMainRequest::Persist(batch) => {
-            let batch = batch.clone();
-            let changed = batch.changes.iter().any(CatalogChange::affects_metadata);
-            let done = in_transaction(move || persist(&batch)).and_then(|r| r);
-            if done.is_ok() && changed {
-                crate::shmem::bump_catalog_generation();
-            }
-            done
-        }
+        RaftMainRequest::Persist(batch) => write_batches(&[batch]),
         RaftMainRequest::Replace(state) => {
             let state = state.clone();
             let done = in_transaction(move || replace(&state)).and_then(|r| r);
@@ -204,16 +248,19 @@ fn set_applied(applied: &AppliedRow) -> Result<(), String> {
     )
 }
 
-fn persist(batch: &AppliedBatch) -> Result<(), String> {
+fn persist(batches: &[&AppliedBatch]) -> Result<(), String> {
     // The Raft log is the durable record: after a crash, entries past the applied id that
     // reached the tables are re-applied from it. No WAL flush per batch is needed.
     Spi::run("SET LOCAL synchronous_commit = off").map_err(|e| e.to_string())?;
-    for change in &batch.changes {
+    for change in batches.iter().flat_map(|b| &b.changes) {
         apply_change(change)?;
     }
+    let Some(last) = batches.last() else {
+        return Ok(());
+    };
     set_applied(&AppliedRow {
-        last_applied: Some(batch.last_applied),
-        membership: batch.membership.clone(),
+        last_applied: Some(last.last_applied),
+        membership: last.membership.clone(),
     })
 }
 

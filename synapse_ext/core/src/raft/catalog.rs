@@ -115,7 +115,8 @@ pub enum CatalogChange {
 
 impl CatalogChange {
     /// Whether backends' cached distribution metadata must be read again after it:
-    /// transaction decisions are read by recovery only.
+    /// transaction decisions are not metadata (recovery and `synapse.transactions` read
+    /// them), and a batch of decisions only is written to the tables behind its apply.
     pub fn affects_metadata(&self) -> bool {
         !matches!(
             self,

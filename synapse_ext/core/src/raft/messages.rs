@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::types::{Command, CommandResult, NodeAddr, NodeId};
+use crate::txn::Decision;
 
 /// What a backend of this node asks its raft worker.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -36,6 +37,8 @@ pub enum LocalRequest {
     /// Renew now the certificate of `node` (name or id), or of every member; answers with
     /// the names of the nodes that renewed.
     RotateCertificates { node: Option<String> },
+    /// The commit decisions this node has applied for these transactions (those it has).
+    Decisions { gids: Vec<String> },
 }
 
 /// Which certificates to revoke.
@@ -119,6 +122,7 @@ pub enum LocalReply {
     Tls(TlsStatus),
     Peer(PeerReply),
     Names(Vec<String>),
+    Decisions(Vec<Decision>),
     Done,
     Failed(NodeError),
 }

@@ -348,6 +348,14 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
                 LocalRequest::ReadBarrier => self.read_barrier().await.map(|()| LocalReply::Done),
                 LocalRequest::Status => Ok(LocalReply::Status(self.status())),
                 LocalRequest::TlsStatus => self.tls_status().map(LocalReply::Tls),
+                LocalRequest::Decisions { gids } => Ok(LocalReply::Decisions(
+                    self.read_catalog(|s| {
+                        gids.iter()
+                            .filter_map(|g| s.catalog.decisions.get(g).cloned())
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                )),
                 LocalRequest::Admission(request) => {
                     Ok(LocalReply::Peer(self.handle_admission(request).await))
                 }
