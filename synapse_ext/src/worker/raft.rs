@@ -3,7 +3,7 @@
 //! applied batch (row changes plus the applied log id) in one transaction.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pgrx::bgworkers::BackgroundWorker;
 use pgrx::prelude::*;
@@ -63,6 +63,10 @@ pub extern "C-unwind" fn synapse_raft_main(_arg: pg_sys::Datum) {
     )
     .unwrap_or_else(|e| error!("synapse raft: could not start its network thread: {e}"));
     waits.add_readable(inbox.wake_fd());
+    // Batches written behind (commit decisions only), held for up to HOLD_BEHIND so that
+    // many are written in one transaction, away from the commits that follow a decision.
+    let mut held: Vec<RaftEnvelope> = Vec::new();
+    let mut held_since = Instant::now();
     while !signals::shutdown_pending() {
         if signals::take_reload_request() {
             signals::reload_config();
@@ -70,31 +74,41 @@ pub extern "C-unwind" fn synapse_raft_main(_arg: pg_sys::Datum) {
         let mut restart = None;
         let mut queued = Vec::new();
         inbox.drain(|envelope| queued.push(envelope));
-        let mut queued = queued.into_iter().peekable();
-        while let Some(envelope) = queued.next() {
-            match &envelope.request {
-                RaftMainRequest::Restart(why) => restart = Some(why.clone()),
-                RaftMainRequest::Persist(_) => {
-                    // Batches queued together are written in one transaction.
-                    let mut batches = vec![envelope];
-                    while let Some(next) =
-                        queued.next_if(|e| matches!(e.request, RaftMainRequest::Persist(_)))
-                    {
-                        batches.push(next);
-                    }
-                    if let Err(e) = persist_all(batches) {
-                        // A batch written behind may be lost: start again from what the
-                        // tables hold, replaying the Raft log from there.
-                        restart = Some(format!(
-                            "synapse raft: could not write the catalog ({e}); restarting"
-                        ));
-                        break;
-                    }
-                    continue;
+        for envelope in queued {
+            let behind =
+                matches!(&envelope.request, RaftMainRequest::Persist(b) if b.written_behind());
+            if behind {
+                if held.is_empty() {
+                    held_since = Instant::now();
                 }
-                _ => {}
+                held.push(envelope);
+                continue;
+            }
+            // Anything else comes after the batches held: write them first, in order.
+            if matches!(envelope.request, RaftMainRequest::Persist(_)) {
+                held.push(envelope);
+                if let Err(why) = write_held(&mut held) {
+                    restart = Some(why);
+                    break;
+                }
+                continue;
+            }
+            if let Err(why) = write_held(&mut held) {
+                restart = Some(why);
+                break;
+            }
+            if let RaftMainRequest::Restart(why) = &envelope.request {
+                restart = Some(why.clone());
             }
             handle(envelope);
+        }
+        if restart.is_none()
+            && !held.is_empty()
+            && (held_since.elapsed() >= HOLD_BEHIND || held.len() >= MAX_HELD)
+        {
+            if let Err(why) = write_held(&mut held) {
+                restart = Some(why);
+            }
         }
         if let Some(why) = restart {
             log!("{why}");
@@ -106,8 +120,14 @@ pub extern "C-unwind" fn synapse_raft_main(_arg: pg_sys::Datum) {
             // The Raft runtime stopped (it logged why): restart the worker to retry.
             error!("synapse raft: the Raft runtime stopped; restarting");
         }
-        waits.wait(Some(Duration::from_secs(1)));
+        let wait = if held.is_empty() {
+            Duration::from_secs(1)
+        } else {
+            HOLD_BEHIND.saturating_sub(held_since.elapsed())
+        };
+        waits.wait(Some(wait));
     }
+    let _ = write_held(&mut held);
     let _ = net.stop(Duration::from_millis(500));
     signals::exit_if_shutdown_pending();
 }
@@ -125,6 +145,22 @@ fn extension_exists() -> bool {
 }
 
 type RaftEnvelope = Envelope<RaftMainRequest, Result<(), String>>;
+
+/// How long batches written behind may wait for more before they are written.
+const HOLD_BEHIND: Duration = Duration::from_millis(20);
+/// How many batches written behind are written at once, at most.
+const MAX_HELD: usize = 512;
+
+/// Writes the batches held (and any batch appended to them) in one transaction. On
+/// failure, the reason to restart: a batch written behind may be lost, so the worker
+/// starts again from what the tables hold, replaying the Raft log from there.
+fn write_held(held: &mut Vec<RaftEnvelope>) -> Result<(), String> {
+    if held.is_empty() {
+        return Ok(());
+    }
+    persist_all(std::mem::take(held))
+        .map_err(|e| format!("synapse raft: could not write the catalog ({e}); restarting"))
+}
 
 /// Writes applied batches, in order, in one transaction; answers each.
 fn persist_all(envelopes: Vec<RaftEnvelope>) -> Result<(), String> {

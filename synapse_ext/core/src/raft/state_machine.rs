@@ -40,6 +40,14 @@ pub struct AppliedBatch {
     pub changes: Vec<CatalogChange>,
 }
 
+impl AppliedBatch {
+    /// Whether the batch may be written to the tables after it counts as applied: commit
+    /// decisions only, which are not metadata backends read from the tables.
+    pub fn written_behind(&self) -> bool {
+        !self.changes.is_empty() && self.changes.iter().all(|c| !c.affects_metadata())
+    }
+}
+
 /// The durable mirror of the catalog.
 pub trait CatalogSink: Send + Sync + 'static {
     /// Writes a batch atomically: its changes and its applied state, or nothing.
@@ -288,6 +296,29 @@ mod tests {
     use super::*;
     use crate::raft::log_store::FileLogStore;
     use openraft::testing::{StoreBuilder, Suite};
+
+    #[test]
+    fn only_batches_of_decisions_are_written_behind() {
+        use crate::txn::{Decision, Outcome};
+        let batch = |changes| AppliedBatch {
+            last_applied: LogId::default(),
+            membership: Membership::default(),
+            changes,
+        };
+        let decision = CatalogChange::UpsertDecision(Decision {
+            gid: "synapse_1_2_3".into(),
+            outcome: Outcome::Commit,
+            coordinator: 1,
+            participants: vec![],
+            decided_at_unix_ms: 0,
+            decided_by: "coordinator".into(),
+        });
+        let forget = CatalogChange::DeleteDecisions(vec!["synapse_1_2_3".into()]);
+        assert!(batch(vec![decision.clone(), forget]).written_behind());
+        // A membership change or a blank entry: its applied state is written first.
+        assert!(!batch(vec![]).written_behind());
+        assert!(!batch(vec![decision, CatalogChange::DeleteTable(7)]).written_behind());
+    }
 
     /// Fresh stores in a new temporary directory for every sub-test of openraft's suite.
     struct Builder;

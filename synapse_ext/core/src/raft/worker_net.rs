@@ -58,9 +58,7 @@ impl CatalogSink for MailboxSink {
     /// Anything else is written before it counts as applied: backends read metadata from
     /// the tables once their proposal is applied.
     async fn persist(&self, batch: AppliedBatch) -> io::Result<()> {
-        let decisions_only =
-            !batch.changes.is_empty() && batch.changes.iter().all(|c| !c.affects_metadata());
-        if decisions_only {
+        if batch.written_behind() {
             return self
                 .0
                 .post(RaftMainRequest::Persist(batch))
