@@ -43,6 +43,8 @@ struct Cache {
     nodes: Vec<NodeTarget>,
     tables: HashMap<(String, String), TableEntry>,
     placements: HashMap<u32, Vec<i64>>,
+    /// Whether any table is a reference table.
+    any_reference: bool,
 }
 
 thread_local! {
@@ -70,7 +72,7 @@ fn cache() -> Rc<Cache> {
         port: number(&r[3]) as u16,
     })
     .collect();
-    let tables = select_rows(
+    let tables: HashMap<(String, String), TableEntry> = select_rows(
         "SELECT schema_name, table_name, kind, shard_key, shard_count FROM synapse.table_catalog",
         &[],
     )
@@ -99,14 +101,21 @@ fn cache() -> Rc<Cache> {
             .or_default()
             .push(number(&r[1]));
     }
+    let any_reference = tables.values().any(|e| e.kind == "reference");
     let c = Rc::new(Cache {
         generation,
         nodes,
         tables,
         placements,
+        any_reference,
     });
     CACHE.with(|slot| *slot.borrow_mut() = Some(c.clone()));
     c
+}
+
+/// Whether the catalog holds any reference table.
+pub fn any_reference_table() -> bool {
+    cache().any_reference
 }
 
 /// Every member node.

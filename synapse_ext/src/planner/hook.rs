@@ -156,20 +156,17 @@ unsafe extern "C-unwind" fn planner(
         // SAFETY: the Query the router accepted.
         Route::Single { pins, node } => unsafe {
             // The rows of a generic plan's INSERT may turn out to be on several nodes.
-            if node.is_none()
+            let relations = if node.is_none()
                 && pins.len() > 1
                 && (*parse).commandType == pg_sys::CmdType::CMD_INSERT
             {
-                if let Some((table, kind)) = super::modify::target(parse) {
-                    return super::modify::plan(
-                        parse,
-                        relations,
-                        table,
-                        &kind,
-                        "its rows may be on several nodes",
-                    );
+                match spanning_write(parse, relations, "its rows may be on several nodes") {
+                    Ok(stmt) => return stmt,
+                    Err(relations) => relations,
                 }
-            }
+            } else {
+                relations
+            };
             return router::plan(parse, pins, node, relations);
         },
         // SAFETY: a valid Query.
@@ -190,8 +187,8 @@ unsafe extern "C-unwind" fn planner(
                 );
             }
             // A write whose rows are on several nodes.
-            if let Some((table, kind)) = super::modify::target(parse) {
-                return super::modify::plan(parse, relations, table, &kind, &why);
+            if let Ok(stmt) = spanning_write(parse, relations, &why) {
+                return stmt;
             }
             // Every node answers for its shards, this node combines the answers.
             if let Some(master) = super::pushdown::split(parse) {
@@ -202,16 +199,15 @@ unsafe extern "C-unwind" fn planner(
                 return stmt;
             }
         },
-        // A write to a reference table (every node's copy).
+        // A write to a reference table (every node's copy). Writes to tables of this node
+        // only are the common case here: no catalog lookup for them while no reference
+        // table exists.
         Route::NotDistributed => unsafe {
-            if let Some((table, kind)) = super::modify::target(parse) {
-                return super::modify::plan(
-                    parse,
-                    relations,
-                    table,
-                    &kind,
-                    "it writes a reference table",
-                );
+            if super::modify::writes(parse) && crate::distribution::metadata::any_reference_table()
+            {
+                if let Ok(stmt) = spanning_write(parse, relations, "it writes a reference table") {
+                    return stmt;
+                }
             }
         },
     }
@@ -309,6 +305,26 @@ unsafe fn key_lookup_in_shard(parse: *mut pg_sys::Query) -> bool {
         crate::distribution::pins::and_clauses((*q.jointree).quals)
             .into_iter()
             .any(|c| crate::distribution::pins::key_value(c, 1, key_attno, opfamily).is_some())
+    }
+}
+
+/// The plan of a write to a distributed or reference table that spans nodes (`why`: why
+/// it is not on one node), or `relations` back when `parse` writes no such table.
+///
+/// # Safety
+/// `parse` must be a valid rewritten Query; `relations` its relations.
+unsafe fn spanning_write(
+    parse: *mut pg_sys::Query,
+    relations: Vec<*mut pg_sys::RangeTblEntry>,
+    why: &str,
+) -> Result<*mut pg_sys::PlannedStmt, Vec<*mut pg_sys::RangeTblEntry>> {
+    // SAFETY: as documented.
+    match unsafe { super::modify::target(parse) } {
+        // SAFETY: a valid Query writing `table`, and its relations.
+        Some((table, kind)) => {
+            Ok(unsafe { super::modify::plan(parse, relations, table, &kind, why) })
+        }
+        None => Err(relations),
     }
 }
 

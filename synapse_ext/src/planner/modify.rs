@@ -37,6 +37,23 @@ fn rel_name(oid: pg_sys::Oid) -> String {
     ddl::names(oid).1
 }
 
+/// Whether `parse` writes a table (INSERT, UPDATE, DELETE or MERGE with a result relation).
+///
+/// # Safety
+/// `parse` must be a valid Query.
+pub unsafe fn writes(parse: *mut pg_sys::Query) -> bool {
+    // SAFETY: as documented.
+    unsafe {
+        matches!(
+            (*parse).commandType,
+            pg_sys::CmdType::CMD_INSERT
+                | pg_sys::CmdType::CMD_UPDATE
+                | pg_sys::CmdType::CMD_DELETE
+                | pg_sys::CmdType::CMD_MERGE
+        ) && (*parse).resultRelation > 0
+    }
+}
+
 /// The target of a write to a distributed or reference table, if the statement is one.
 ///
 /// # Safety
@@ -44,15 +61,7 @@ fn rel_name(oid: pg_sys::Oid) -> String {
 pub unsafe fn target(parse: *mut pg_sys::Query) -> Option<(pg_sys::Oid, String)> {
     // SAFETY: as documented.
     unsafe {
-        let command = (*parse).commandType;
-        if !matches!(
-            command,
-            pg_sys::CmdType::CMD_INSERT
-                | pg_sys::CmdType::CMD_UPDATE
-                | pg_sys::CmdType::CMD_DELETE
-                | pg_sys::CmdType::CMD_MERGE
-        ) || (*parse).resultRelation <= 0
-        {
+        if !writes(parse) {
             return None;
         }
         let rte = PgList::<pg_sys::RangeTblEntry>::from_pg((*parse).rtable)
