@@ -74,46 +74,66 @@ fn transfer(c: &mut postgres::Client, id: i64, src: i32, dst: i32, amount: i32) 
         let _ = c.batch_execute("ROLLBACK");
         return Told::Aborted;
     }
-    match c.batch_execute("COMMIT") {
-        Ok(()) => Told::Committed,
-        // A FATAL error ends the session: its COMMIT's fate is unknown to the client.
-        Err(e) if e.as_db_error().is_some_and(|d| d.severity() != "ERROR") => Told::Unknown,
-        Err(e) => match e.as_db_error().map(|d| d.code().code().to_owned()) {
-            Some(code)
-                if std::env::var_os("TWOPHASE_DEBUG").is_some() && eprintln_told(&code, &e) =>
-            {
-                unreachable!()
-            }
-            // 08007: the commit decision could not be recorded; 08xxx: a connection broke.
-            Some(code) if code.starts_with("08") => Told::Unknown,
-            Some(_) => Told::Aborted,
-            None => Told::Unknown,
-        },
-    }
+    // 08007: the commit decision could not be recorded; 08xxx: a connection broke.
+    told(c.batch_execute("COMMIT"), |code| code.starts_with("08"))
 }
 
 /// One statement outside a transaction block marking rows `a` and `b` with `id`: not
 /// pinned to one shard, so it runs on every node holding shards of `marks` (this node's
 /// part through a connection of its own), prepared everywhere before the decision.
 fn mark(c: &mut postgres::Client, id: i64, a: i32, b: i32) -> Told {
-    match c.batch_execute(&format!(
+    let result = c.batch_execute(&format!(
         "UPDATE marks SET ids = ids || {id}::bigint WHERE k IN ({a}, {b})"
-    )) {
-        Ok(()) => Told::Committed,
-        Err(e) if e.as_db_error().is_some_and(|d| d.severity() != "ERROR") => Told::Unknown,
-        // An ERROR rolled the statement back (a node down: 08006; not prepared: 40000),
-        // except 08007: the commit decision's fate is unknown.
-        Err(e) => match e.as_db_error().map(|d| d.code().code().to_owned()) {
-            Some(code) if code == "08007" => Told::Unknown,
-            Some(_) => Told::Aborted,
-            None => Told::Unknown,
-        },
+    ));
+    // An ERROR rolled the statement back (a node down: 08006; not prepared: 40000),
+    // except 08007: the commit decision's fate is unknown.
+    told(result, |code| code == "08007")
+}
+
+/// What the client is told by the statement that commits: committed; unknown when the
+/// session ended (a FATAL error), no server answered, or `unknown(SQLSTATE)` says so;
+/// otherwise (an ERROR) rolled back.
+fn told(result: Result<(), postgres::Error>, unknown: impl Fn(&str) -> bool) -> Told {
+    let Err(e) = result else {
+        return Told::Committed;
+    };
+    if std::env::var_os("TWOPHASE_DEBUG").is_some() {
+        eprintln!("commit failed: {e:?}");
+    }
+    match e.as_db_error() {
+        Some(d) if d.severity() != "ERROR" => Told::Unknown,
+        Some(d) if unknown(d.code().code()) => Told::Unknown,
+        Some(_) => Told::Aborted,
+        None => Told::Unknown,
     }
 }
 
-fn eprintln_told(code: &str, e: &postgres::Error) -> bool {
-    eprintln!("COMMIT failed with {code}: {e:?}");
-    false
+/// Runs `step` through a client of node `node` until `stop`: reconnects after its node
+/// crashed (trying every 100 ms while it is down), and after a step that did not commit
+/// on a connection that no longer answers.
+fn keep_running(
+    cluster: &Cluster,
+    node: usize,
+    stop: Arc<AtomicBool>,
+    mut step: impl FnMut(&mut postgres::Client) -> Told + Send + 'static,
+) -> std::thread::JoinHandle<()> {
+    let mut connect = reconnecting(cluster, node);
+    std::thread::spawn(move || {
+        let mut client = None;
+        while !stop.load(Ordering::Relaxed) {
+            let Some(c) = client.as_mut() else {
+                client = connect();
+                if client.is_none() {
+                    std::thread::park_timeout(Duration::from_millis(100));
+                }
+                continue;
+            };
+            let told = step(c);
+            if c.is_closed() || (told != Told::Committed && c.simple_query("SELECT 1").is_err()) {
+                client = None;
+            }
+        }
+    })
 }
 
 /// Rows of `sql` (one bigint column) through `c`.
@@ -252,59 +272,37 @@ fn bank_transfers_stay_atomic_through_kills_crashes_and_partitions() {
     let outcomes: Arc<Mutex<BTreeMap<i64, Told>>> = Arc::default();
     let mut workers = Vec::new();
     for w in 0..6 {
-        let node = w % 3 + 1;
-        let mut connect = reconnecting(&cluster, node);
-        let (stop, next_id, outcomes) = (stop.clone(), next_id.clone(), outcomes.clone());
-        workers.push(std::thread::spawn(move || {
-            let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ (w as u64 + 1);
-            let mut rand = move |n: u64| {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                seed % n
-            };
-            let mut client = None;
-            while !stop.load(Ordering::Relaxed) {
-                let Some(c) = client.as_mut() else {
-                    client = connect();
-                    if client.is_none() {
-                        // The node is down: try again shortly.
-                        std::thread::park_timeout(Duration::from_millis(100));
-                    }
-                    continue;
-                };
-                let src = rand(ACCOUNTS as u64) as i32 + 1;
-                let mut dst = rand(ACCOUNTS as u64) as i32 + 1;
-                if dst == src {
-                    dst = dst % ACCOUNTS + 1;
-                }
-                let id = next_id.fetch_add(1, Ordering::Relaxed);
-                let told = transfer(c, id, src, dst, rand(50) as i32 + 1);
-                outcomes.lock().unwrap().insert(id, told);
-                if c.is_closed() || (told != Told::Committed && c.simple_query("SELECT 1").is_err())
-                {
-                    client = None;
-                }
+        let (next_id, outcomes) = (next_id.clone(), outcomes.clone());
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ (w as u64 + 1);
+        let mut rand = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        workers.push(keep_running(&cluster, w % 3 + 1, stop.clone(), move |c| {
+            let src = rand(ACCOUNTS as u64) as i32 + 1;
+            let mut dst = rand(ACCOUNTS as u64) as i32 + 1;
+            if dst == src {
+                dst = dst % ACCOUNTS + 1;
             }
+            let id = next_id.fetch_add(1, Ordering::Relaxed);
+            let told = transfer(c, id, src, dst, rand(50) as i32 + 1);
+            outcomes.lock().unwrap().insert(id, told);
+            told
         }));
     }
     // Single statements marking two rows, through nodes 2 and 3 (coordinators that crash
     // and are partitioned away), each on its own rows: no waits between them.
     let marked: Arc<Mutex<BTreeMap<i64, Told>>> = Arc::default();
     for w in 0..2i32 {
-        let mut connect = reconnecting(&cluster, w as usize + 2);
-        let (stop, marked) = (stop.clone(), marked.clone());
-        workers.push(std::thread::spawn(move || {
-            let mut client = None;
-            let mut n = 0i64;
-            while !stop.load(Ordering::Relaxed) {
-                let Some(c) = client.as_mut() else {
-                    client = connect();
-                    if client.is_none() {
-                        std::thread::park_timeout(Duration::from_millis(100));
-                    }
-                    continue;
-                };
+        let marked = marked.clone();
+        let mut n = 0i64;
+        workers.push(keep_running(
+            &cluster,
+            w as usize + 2,
+            stop.clone(),
+            move |c| {
                 n += 1;
                 // Two different rows of this worker's: k = 2i + 1 + w.
                 let half = i64::from(MARK_ROWS / 2);
@@ -321,12 +319,9 @@ fn bank_transfers_stay_atomic_through_kills_crashes_and_partitions() {
                     // A node is down, most likely: not every few microseconds.
                     std::thread::park_timeout(Duration::from_millis(20));
                 }
-                if c.is_closed() || (told != Told::Committed && c.simple_query("SELECT 1").is_err())
-                {
-                    client = None;
-                }
-            }
-        }));
+                told
+            },
+        ));
     }
     let committed = |outcomes: &Arc<Mutex<BTreeMap<i64, Told>>>| {
         outcomes
