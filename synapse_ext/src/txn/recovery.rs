@@ -59,31 +59,54 @@ pub fn decisions(gids: Vec<String>) -> BTreeMap<String, Decision> {
     {
         return found.into_iter().map(|d| (d.gid.clone(), d)).collect();
     }
-    spi::select_rows(
-        "SELECT gid, outcome, decided_by FROM synapse.transaction_catalog WHERE gid = ANY($1::text[])",
+    table_decisions(
+        " WHERE gid = ANY($1::text[])",
         &[format!("{{{}}}", gids.join(",")).as_str()],
+    )
+    .into_iter()
+    .map(|d| (d.gid.clone(), d))
+    .collect()
+}
+
+/// The decisions in `synapse.transaction_catalog` (`filter`: a WHERE clause over it, with
+/// `args`), without their participants.
+fn table_decisions(filter: &str, args: &[&str]) -> Vec<Decision> {
+    spi::select_rows(
+        &format!(
+            "SELECT gid, outcome, coordinator, decided_at_unix_ms, decided_by \
+             FROM synapse.transaction_catalog{filter}"
+        ),
+        args,
     )
     .into_iter()
     .filter_map(|row| {
         let mut row = row.into_iter();
-        let (gid, outcome, by) = (row.next()??, row.next()??, row.next()??);
-        Some((
-            gid.clone(),
-            Decision {
-                gid,
-                outcome: if outcome == "commit" {
-                    Outcome::Commit
-                } else {
-                    Outcome::Abort
-                },
-                coordinator: 0,
-                participants: vec![],
-                decided_at_unix_ms: 0,
-                decided_by: by,
-            },
-        ))
+        let (gid, outcome, coordinator, at, by) = (
+            row.next()??,
+            row.next()??,
+            row.next()??,
+            row.next()??,
+            row.next()??,
+        );
+        Some(Decision {
+            gid,
+            outcome: outcome_of(&outcome),
+            coordinator: coordinator.parse().ok()?,
+            participants: vec![],
+            decided_at_unix_ms: at.parse().ok()?,
+            decided_by: by,
+        })
     })
     .collect()
+}
+
+/// An outcome as the catalog table writes it (`commit` or `abort`).
+fn outcome_of(text: &str) -> Outcome {
+    if text == "commit" {
+        Outcome::Commit
+    } else {
+        Outcome::Abort
+    }
 }
 
 fn decision_of(gid: &str) -> Option<Outcome> {
@@ -91,11 +114,7 @@ fn decision_of(gid: &str) -> Option<Outcome> {
         "SELECT outcome FROM synapse.transaction_catalog WHERE gid = $1",
         &[gid],
     )?;
-    Some(if outcome == "commit" {
-        Outcome::Commit
-    } else {
-        Outcome::Abort
-    })
+    Some(outcome_of(&outcome))
 }
 
 /// Records an abort decision for `gid` unless one is recorded; the decision in force.
@@ -177,28 +196,7 @@ pub fn recover_here() -> Vec<Resolution> {
 /// Forgets decisions older than `keep_ms` that no member holds prepared; `prepared` must
 /// list what every member holds. Returns how many it forgot.
 pub fn forget(prepared: &BTreeSet<String>, keep_ms: i64) -> Result<usize, String> {
-    let decisions: Vec<Decision> = spi::select_rows(
-        "SELECT gid, outcome, decided_at_unix_ms FROM synapse.transaction_catalog",
-        &[],
-    )
-    .into_iter()
-    .filter_map(|row| {
-        let mut row = row.into_iter();
-        let (gid, outcome, at) = (row.next()??, row.next()??, row.next()??);
-        Some(Decision {
-            gid,
-            outcome: if outcome == "commit" {
-                Outcome::Commit
-            } else {
-                Outcome::Abort
-            },
-            coordinator: 0,
-            participants: vec![],
-            decided_at_unix_ms: at.parse().ok()?,
-            decided_by: String::new(),
-        })
-    })
-    .collect();
+    let decisions = table_decisions("", &[]);
     let gids = txn::forgettable(&decisions, prepared, now_ms(), keep_ms);
     if gids.is_empty() {
         return Ok(0);
