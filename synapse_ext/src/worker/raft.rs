@@ -63,52 +63,25 @@ pub extern "C-unwind" fn synapse_raft_main(_arg: pg_sys::Datum) {
     )
     .unwrap_or_else(|e| error!("synapse raft: could not start its network thread: {e}"));
     waits.add_readable(inbox.wake_fd());
-    // Batches written behind (commit decisions only), held for up to HOLD_BEHIND so that
-    // many are written in one transaction, away from the commits that follow a decision.
-    let mut held: Vec<RaftEnvelope> = Vec::new();
-    let mut held_since = Instant::now();
+    let mut held = Held::default();
     while !signals::shutdown_pending() {
         if signals::take_reload_request() {
             signals::reload_config();
         }
-        let mut restart = None;
         let mut queued = Vec::new();
         inbox.drain(|envelope| queued.push(envelope));
+        let mut restart = None;
         for envelope in queued {
-            let behind =
-                matches!(&envelope.request, RaftMainRequest::Persist(b) if b.written_behind());
-            if behind {
-                if held.is_empty() {
-                    held_since = Instant::now();
-                }
-                held.push(envelope);
-                continue;
-            }
-            // Anything else comes after the batches held: write them first, in order.
-            if matches!(envelope.request, RaftMainRequest::Persist(_)) {
-                held.push(envelope);
-                if let Err(why) = write_held(&mut held) {
-                    restart = Some(why);
-                    break;
-                }
-                continue;
-            }
-            if let Err(why) = write_held(&mut held) {
-                restart = Some(why);
-                break;
-            }
             if let RaftMainRequest::Restart(why) = &envelope.request {
                 restart = Some(why.clone());
             }
-            handle(envelope);
-        }
-        if restart.is_none()
-            && !held.is_empty()
-            && (held_since.elapsed() >= HOLD_BEHIND || held.len() >= MAX_HELD)
-        {
-            if let Err(why) = write_held(&mut held) {
+            if let Err(why) = handle(envelope, &mut held) {
                 restart = Some(why);
+                break;
             }
+        }
+        if restart.is_none() && held.due() {
+            restart = held.write().err();
         }
         if let Some(why) = restart {
             log!("{why}");
@@ -120,14 +93,9 @@ pub extern "C-unwind" fn synapse_raft_main(_arg: pg_sys::Datum) {
             // The Raft runtime stopped (it logged why): restart the worker to retry.
             error!("synapse raft: the Raft runtime stopped; restarting");
         }
-        let wait = if held.is_empty() {
-            Duration::from_secs(1)
-        } else {
-            HOLD_BEHIND.saturating_sub(held_since.elapsed())
-        };
-        waits.wait(Some(wait));
+        waits.wait(Some(held.wait().unwrap_or(Duration::from_secs(1))));
     }
-    let _ = write_held(&mut held);
+    let _ = held.write();
     let _ = net.stop(Duration::from_millis(500));
     signals::exit_if_shutdown_pending();
 }
@@ -151,48 +119,74 @@ const HOLD_BEHIND: Duration = Duration::from_millis(20);
 /// How many batches written behind are written at once, at most.
 const MAX_HELD: usize = 512;
 
-/// Writes the batches held (and any batch appended to them) in one transaction. On
-/// failure, the reason to restart: a batch written behind may be lost, so the worker
-/// starts again from what the tables hold, replaying the Raft log from there.
-fn write_held(held: &mut Vec<RaftEnvelope>) -> Result<(), String> {
-    if held.is_empty() {
-        return Ok(());
-    }
-    persist_all(std::mem::take(held))
-        .map_err(|e| format!("synapse raft: could not write the catalog ({e}); restarting"))
+/// Applied batches the main thread has not written yet: batches written behind (commit
+/// decisions only) wait up to HOLD_BEHIND for more, so that many are written in one
+/// transaction, away from the commits that follow a decision; any other request first
+/// writes them, so the tables follow the log's order.
+#[derive(Default)]
+struct Held {
+    batches: Vec<RaftEnvelope>,
+    since: Option<Instant>,
 }
 
-/// Writes applied batches, in order, in one transaction; answers each.
-fn persist_all(envelopes: Vec<RaftEnvelope>) -> Result<(), String> {
-    let batches: Vec<&AppliedBatch> = envelopes
-        .iter()
-        .filter_map(|e| match &e.request {
-            RaftMainRequest::Persist(batch) => Some(batch),
-            _ => None,
-        })
-        .collect();
-    let done = write_batches(&batches);
-    for envelope in envelopes {
-        envelope.answer(done.clone());
+impl Held {
+    fn push(&mut self, envelope: RaftEnvelope) {
+        self.since.get_or_insert_with(Instant::now);
+        self.batches.push(envelope);
     }
-    done
+
+    /// Whether the batches held have waited long enough, or are enough.
+    fn due(&self) -> bool {
+        self.since
+            .is_some_and(|t| t.elapsed() >= HOLD_BEHIND || self.batches.len() >= MAX_HELD)
+    }
+
+    /// How long until they are due, while batches are held.
+    fn wait(&self) -> Option<Duration> {
+        self.since.map(|t| HOLD_BEHIND.saturating_sub(t.elapsed()))
+    }
+
+    /// Writes every batch held in one transaction and answers each. On failure, the
+    /// reason to restart: a batch written behind may be lost, so the worker starts again
+    /// from what the tables hold, replaying the Raft log from there.
+    fn write(&mut self) -> Result<(), String> {
+        self.since = None;
+        let envelopes = std::mem::take(&mut self.batches);
+        if envelopes.is_empty() {
+            return Ok(());
+        }
+        let batches: Vec<&AppliedBatch> = envelopes
+            .iter()
+            .filter_map(|e| match &e.request {
+                RaftMainRequest::Persist(batch) => Some(batch),
+                _ => None,
+            })
+            .collect();
+        let changed = batches
+            .iter()
+            .any(|b| b.changes.iter().any(CatalogChange::affects_metadata));
+        let done = in_transaction(|| persist(&batches)).and_then(|r| r);
+        if done.is_ok() && changed {
+            crate::shmem::bump_catalog_generation();
+        }
+        for envelope in envelopes {
+            envelope.answer(done.clone());
+        }
+        done.map_err(|e| format!("synapse raft: could not write the catalog ({e}); restarting"))
+    }
 }
 
-/// Writes applied batches in one transaction; backends re-read metadata after it.
-fn write_batches(batches: &[&AppliedBatch]) -> Result<(), String> {
-    let changed = batches
-        .iter()
-        .any(|b| b.changes.iter().any(CatalogChange::affects_metadata));
-    let done = in_transaction(|| persist(batches)).and_then(|r| r);
-    if done.is_ok() && changed {
-        crate::shmem::bump_catalog_generation();
+/// Handles one request of the network thread; `Err`: why the worker must restart.
+fn handle(envelope: RaftEnvelope, held: &mut Held) -> Result<(), String> {
+    if !matches!(envelope.request, RaftMainRequest::Persist(_)) {
+        held.write()?;
     }
-    done
-}
-
-fn handle(envelope: RaftEnvelope) {
     let answer = match &envelope.request {
-        RaftMainRequest::Persist(batch) => write_batches(&[batch]),
+        RaftMainRequest::Persist(batch) => {
+            let behind = batch.written_behind();
+            held.push(envelope);
+            return if behind { Ok(()) } else { held.write() };
+        }
         RaftMainRequest::Replace(state) => {
             let state = state.clone();
             let done = in_transaction(move || replace(&state)).and_then(|r| r);
@@ -212,6 +206,7 @@ fn handle(envelope: RaftEnvelope) {
         warning!("synapse raft: could not write the catalog: {e}");
     }
     envelope.answer(answer);
+    Ok(())
 }
 
 fn run(sql: &str, arg: &str) -> Result<(), String> {
