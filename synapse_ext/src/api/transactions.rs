@@ -93,11 +93,26 @@ fn transactions() -> TableIterator<
     ),
 > {
     let prepared: BTreeSet<String> = recovery::prepared_gids_here().into_iter().collect();
-    let mut seen = BTreeSet::new();
+    let recent = activity::recent();
+    let seen: BTreeSet<String> = recent.iter().map(|r| r.gxid.gid()).collect();
+    let only_prepared: Vec<&String> = prepared.iter().filter(|g| !seen.contains(*g)).collect();
+    let decisions = recovery::decisions(
+        seen.iter()
+            .chain(only_prepared.iter().copied())
+            .cloned()
+            .collect(),
+    );
+    let decided = |gid: &str| {
+        let d = decisions.get(gid);
+        (
+            d.map(|d| d.outcome.as_str().to_owned()),
+            d.map(|d| d.decided_by.clone()),
+        )
+    };
     let mut rows = Vec::new();
-    for r in activity::recent() {
+    for r in recent {
         let gid = r.gxid.gid();
-        seen.insert(gid.clone());
+        let (decision, decided_by) = decided(&gid);
         rows.push((
             gid.clone(),
             r.gxid.node as i64,
@@ -107,10 +122,13 @@ fn transactions() -> TableIterator<
             timestamp_us(r.gxid.start_us),
             timestamp_us(r.updated_ms * 1000),
             prepared.contains(&gid),
+            decision,
+            decided_by,
         ));
     }
-    for gid in prepared.iter().filter(|g| !seen.contains(*g)) {
+    for gid in only_prepared {
         let g = Gxid::parse(gid).expect("ours");
+        let (decision, decided_by) = decided(gid);
         rows.push((
             gid.clone(),
             g.node as i64,
@@ -120,29 +138,10 @@ fn transactions() -> TableIterator<
             timestamp_us(g.start_us),
             timestamp_us(g.start_us),
             true,
+            decision,
+            decided_by,
         ));
     }
-    let decisions = recovery::decisions(rows.iter().map(|r| r.0.clone()).collect());
-    let rows: Vec<_> = rows
-        .into_iter()
-        .map(
-            |(gid, node, state, participants, pid, started, updated, here)| {
-                let d = decisions.get(&gid);
-                (
-                    gid,
-                    node,
-                    state,
-                    participants,
-                    pid,
-                    started,
-                    updated,
-                    here,
-                    d.map(|d| d.outcome.as_str().to_owned()),
-                    d.map(|d| d.decided_by.clone()),
-                )
-            },
-        )
-        .collect();
     TableIterator::new(rows)
 }
 
