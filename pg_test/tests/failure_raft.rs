@@ -327,3 +327,28 @@ fn a_restart_after_ten_thousand_entries_replays_from_a_snapshot() {
     };
     assert_eq!(settings(follower), settings(leader));
 }
+
+/// A backend keeps its connection to the raft worker between requests; when the worker
+/// restarts, the same session's next request finds the new worker.
+#[test]
+fn a_session_outlives_a_restart_of_its_raft_worker() {
+    let cluster = Cluster::up("raft_worker_restart", 1, 7760);
+    let mut session = cluster.connect(1);
+    let term = |session: &mut postgres::Client| {
+        session
+            .query_one("SELECT term FROM synapse.raft_status()", &[])
+            .map(|row| row.get::<_, i64>(0))
+    };
+    let before = term(&mut session).unwrap();
+    let old = cluster.worker_pid(1, "synapse raft").unwrap();
+    signal(old, libc::SIGTERM);
+    wait_for("a new raft worker", Duration::from_secs(30), || {
+        cluster
+            .worker_pid(1, "synapse raft")
+            .filter(|&pid| pid != old)
+    });
+    // The kept connection is to the old worker, which closed it: the request goes on a
+    // new one (waiting while the new worker opens its socket), not to an error.
+    let after = term(&mut session).unwrap_or_else(|e| panic!("after the restart: {e}"));
+    assert!(after >= before, "term {before} then {after}");
+}

@@ -2,8 +2,11 @@
 //!
 //! Backends never start threads: the socket is non-blocking and every wait goes through
 //! `WaitLatchOrSocket`, followed by `CHECK_FOR_INTERRUPTS()`, so a cancel,
-//! `statement_timeout` or termination interrupts the wait at once.
+//! `statement_timeout` or termination interrupts the wait at once. A backend keeps its
+//! connection to each worker for its next requests (connecting costs as much as a short
+//! request); one that failed or was interrupted half-way is closed, never reused.
 
+use std::cell::RefCell;
 use std::io::{ErrorKind as IoKind, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
@@ -16,6 +19,34 @@ use pgrx::prelude::*;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use synapse_core::raft::messages::{ErrorKind, LocalReply, LocalRequest, NodeError};
+
+thread_local! {
+    /// The connection to each worker, between requests.
+    static CONNECTIONS: RefCell<Vec<(String, UnixStream)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The kept connection to `worker`, unless the worker closed it meanwhile (it restarted):
+/// an idle connection has nothing to read, so one that polls readable is at its end.
+fn kept(worker: &str) -> Option<UnixStream> {
+    let stream = CONNECTIONS.with(|c| {
+        let mut c = c.borrow_mut();
+        let at = c.iter().position(|(w, _)| w == worker)?;
+        Some(c.swap_remove(at).1)
+    })?;
+    let mut poll = libc::pollfd {
+        fd: stream.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one pollfd for a descriptor we own; zero timeout.
+    let ready = unsafe { libc::poll(&mut poll, 1, 0) };
+    (ready == 0).then_some(stream)
+}
+
+/// Keeps `stream` for the next request to `worker`.
+fn keep(worker: &str, stream: UnixStream) {
+    CONNECTIONS.with(|c| c.borrow_mut().push((worker.to_owned(), stream)));
+}
 
 /// The socket of this node's `worker` (`raft`, `gossip`).
 fn socket_path(worker: &str) -> PathBuf {
@@ -54,38 +85,41 @@ pub fn try_exchange<Q: Serialize, A: DeserializeOwned>(
     request: &Q,
     timeout: Duration,
 ) -> Result<A, NodeError> {
-    let path = socket_path(worker);
     let deadline = Instant::now() + timeout;
-    // Right after CREATE EXTENSION the worker needs a moment to open its socket: wait for
-    // it (interruptibly) rather than fail.
-    let mut stream = loop {
-        match UnixStream::connect(&path) {
-            Ok(stream) => break stream,
-            Err(e) if Instant::now() >= deadline || !matches!(e.kind(), IoKind::NotFound | IoKind::ConnectionRefused) => {
-                return Err(
-                    NodeError::new(ErrorKind::Unavailable, format!("the synapse {worker} worker of this node is not running ({e})"))
-                        .hint("Check the server log; the worker starts after CREATE EXTENSION synapse and restarts after failures."),
-                )
-            }
-            Err(_) => wait_latch(SOCKET_RETRY),
-        }
-    };
     let mut out = serde_json::to_vec(request).expect("serializable");
     out.push(b'\n');
-    // The request is small: the socket buffer takes it whole.
-    stream.write_all(&out).map_err(|e| {
+    let unavailable = |e: std::io::Error| {
         NodeError::new(
             ErrorKind::Unavailable,
             format!("{worker} worker socket: {e}"),
         )
-    })?;
-    stream.set_nonblocking(true).expect("non-blocking socket");
+    };
+    // A kept connection the worker closed just now fails the write: the request did not
+    // reach it, so it goes on a new connection.
+    let sent = kept(worker).filter(|mut stream| {
+        stream.set_nonblocking(false).is_ok() && stream.write_all(&out).is_ok()
+    });
+    let mut stream = match sent {
+        Some(stream) => stream,
+        None => {
+            let mut stream = connect(worker, deadline)?;
+            // The request is small: the socket buffer takes it whole.
+            stream.write_all(&out).map_err(unavailable)?;
+            stream
+        }
+    };
+    stream.set_nonblocking(true).map_err(unavailable)?;
 
     let mut answer = Vec::new();
     let mut buf = [0u8; 8192];
     loop {
         match stream.read(&mut buf) {
-            Ok(0) => break,
+            Ok(0) => {
+                return Err(NodeError::new(
+                    ErrorKind::Unavailable,
+                    format!("the synapse {worker} worker closed the connection before answering (it restarted); the outcome is unknown"),
+                ))
+            }
             Ok(n) => {
                 answer.extend_from_slice(&buf[..n]);
                 if answer.ends_with(b"\n") {
@@ -125,12 +159,32 @@ pub fn try_exchange<Q: Serialize, A: DeserializeOwned>(
         }
         pg_sys::check_for_interrupts!();
     }
-    serde_json::from_slice::<A>(&answer).map_err(|e| {
+    let answer = serde_json::from_slice::<A>(&answer).map_err(|e| {
         NodeError::new(
             ErrorKind::Internal,
             format!("bad answer from the {worker} worker: {e}"),
         )
-    })
+    })?;
+    keep(worker, stream);
+    Ok(answer)
+}
+
+/// A new connection to `worker`. Right after CREATE EXTENSION the worker needs a moment to
+/// open its socket: waits for it (interruptibly) until `deadline` rather than fail.
+fn connect(worker: &str, deadline: Instant) -> Result<UnixStream, NodeError> {
+    let path = socket_path(worker);
+    loop {
+        match UnixStream::connect(&path) {
+            Ok(stream) => return Ok(stream),
+            Err(e) if Instant::now() >= deadline || !matches!(e.kind(), IoKind::NotFound | IoKind::ConnectionRefused) => {
+                return Err(
+                    NodeError::new(ErrorKind::Unavailable, format!("the synapse {worker} worker of this node is not running ({e})"))
+                        .hint("Check the server log; the worker starts after CREATE EXTENSION synapse and restarts after failures."),
+                )
+            }
+            Err(_) => wait_latch(SOCKET_RETRY),
+        }
+    }
 }
 
 /// How often a backend looks for the raft worker's socket while the worker starts.

@@ -176,9 +176,9 @@ pub async fn serve_local<S: CatalogSink, P: NodeProbe>(
     .await
 }
 
-/// Serves a node's backends on `listener`: per connection, one JSON request line in and
-/// one JSON reply line out, from `answer`; a request that does not parse gets
-/// `refuse(error)`.
+/// Serves a node's backends on `listener`: per connection, JSON request lines in and one
+/// JSON reply line out for each, from `answer`, in order (a backend keeps its connection
+/// for its next requests); a request that does not parse gets `refuse(error)`.
 pub async fn serve_json_lines<Q, A, F, Fut>(
     listener: UnixListener,
     refuse: fn(NodeError) -> A,
@@ -196,20 +196,27 @@ pub async fn serve_json_lines<Q, A, F, Fut>(
         let answer = answer.clone();
         tokio::spawn(async move {
             let (read, mut write) = stream.into_split();
+            let mut read = BufReader::new(read);
             let mut line = String::new();
-            if BufReader::new(read).read_line(&mut line).await.is_err() {
-                return;
+            loop {
+                line.clear();
+                match read.read_line(&mut line).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+                let reply = match serde_json::from_str::<Q>(&line) {
+                    Ok(request) => answer(request).await,
+                    Err(e) => refuse(NodeError::new(
+                        ErrorKind::InvalidRequest,
+                        format!("bad request: {e}"),
+                    )),
+                };
+                let mut out = serde_json::to_vec(&reply).expect("serializable");
+                out.push(b'\n');
+                if write.write_all(&out).await.is_err() {
+                    return;
+                }
             }
-            let reply = match serde_json::from_str::<Q>(&line) {
-                Ok(request) => answer(request).await,
-                Err(e) => refuse(NodeError::new(
-                    ErrorKind::InvalidRequest,
-                    format!("bad request: {e}"),
-                )),
-            };
-            let mut out = serde_json::to_vec(&reply).expect("serializable");
-            out.push(b'\n');
-            let _ = write.write_all(&out).await;
         });
     }
 }
