@@ -189,7 +189,7 @@ unsafe fn run_statement(node: *mut ModifyNode, run: &mut Runtime, params: &Param
         }
         for id in &remote {
             pool::with_access(run.target(*id), pool::Access::Write, |c| {
-                c.send_prepared(&run.sql, &texts)
+                c.send_prepared(&run.sql, &texts, &params.types)
             });
         }
         if run.targets.iter().any(|id| run.here(*id)) {
@@ -452,7 +452,8 @@ unsafe fn send_batches(
             let sql = sql_of(batch.rows);
             let texts: Vec<Option<&str>> = batch.texts.iter().map(|t| t.as_deref()).collect();
             pool::with_access(run.target(*id), pool::Access::Write, |c| {
-                c.send_prepared(&sql, &texts)
+                // Each value goes into its column, whose type the node knows.
+                c.send_prepared(&sql, &texts, &[])
             });
             sent.push(*id);
         }

@@ -275,7 +275,9 @@ unsafe fn fill(node: *mut ScanNode, run: &mut Runtime) {
             pool::check_available(&t.node);
         }
         for t in run.targets.iter().filter(|t| !t.local) {
-            pool::in_transaction(&t.node, false, |c| c.send_prepared(&sql, &texts));
+            pool::in_transaction(&t.node, false, |c| {
+                c.send_prepared(&sql, &texts, &params.types)
+            });
         }
         if run.targets.iter().any(|t| t.local) {
             read_local(node, run, &params);

@@ -229,7 +229,9 @@ unsafe fn fill(node: *mut RouterNode, run: &mut Runtime) {
                 1 => pool::Access::Lock,
                 _ => pool::Access::Read,
             };
-            let rows = pool::with_access(&target, access, |c| c.exec_prepared(&sql, &texts));
+            let rows = pool::with_access(&target, access, |c| {
+                c.exec_prepared(&sql, &texts, &params.types)
+            });
             let econtext = (*node).css.ss.ps.ps_ExprContext;
             put_text_rows(rows.rows, &mut run.columns, slot, econtext, &mut run.rows);
             if run.writes == 2 {

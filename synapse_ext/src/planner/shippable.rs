@@ -27,7 +27,7 @@ extern "C-unwind" {
 /// The first oid of user-created objects: below it, objects are the same on every node.
 const FIRST_NORMAL_OBJECT_ID: u32 = 16384;
 
-fn builtin(oid: pg_sys::Oid) -> bool {
+pub(crate) fn builtin(oid: pg_sys::Oid) -> bool {
     oid.to_u32() < FIRST_NORMAL_OBJECT_ID
 }
 

@@ -284,6 +284,38 @@ pub struct ClientTls<'a> {
     pub dir: &'a Path,
 }
 
+/// The types to send for `count` parameters of `types`: a built-in type by its oid (the
+/// same on every node), any other as 0, for the node to infer from the statement as it
+/// does for every parameter without a type; empty when none is sent. Without them a node
+/// infers `$1 + 1` as integer (a bigint value fails), cannot subscript `$1[$2]`, and
+/// refuses a parameter the statement does not use.
+fn remote_types(count: usize, types: &[pg_sys::Oid]) -> Vec<pq::Oid> {
+    let sent: Vec<pq::Oid> = (0..count)
+        .map(|i| match types.get(i) {
+            // No such parameter (PL/pgSQL numbers its variables' parameters by variable,
+            // so a statement may use $2 and $4 only): a NULL the statement never reads,
+            // typed so that the node accepts it.
+            Some(&t) if t == pg_sys::Oid::INVALID => pg_sys::TEXTOID.to_u32(),
+            Some(&t) if crate::planner::shippable::builtin(t) => t.to_u32(),
+            _ => 0,
+        })
+        .collect();
+    if sent.iter().all(|t| *t == 0) {
+        Vec::new()
+    } else {
+        sent
+    }
+}
+
+/// `types` for libpq: NULL when empty (every type inferred).
+fn oids(types: &[pq::Oid]) -> *const pq::Oid {
+    if types.is_empty() {
+        ptr::null()
+    } else {
+        types.as_ptr()
+    }
+}
+
 impl Connection {
     /// Connects to `target`'s database `dbname` as `synapse_node`, verifying the node's
     /// certificate against the cluster CA and presenting ours; gives up after `timeout`.
@@ -397,49 +429,71 @@ impl Connection {
     /// Sends `sql` without waiting for its result ([`Connection::finish`] collects it), so
     /// statements to several nodes run at once.
     pub fn send(&mut self, sql: &str, params: &[Option<&str>]) -> Result<(), RemoteError> {
+        self.send_typed(sql, params, &[])
+    }
+
+    /// [`Connection::send`] with the parameters' type oids (see [`remote_types`]).
+    fn send_typed(
+        &mut self,
+        sql: &str,
+        params: &[Option<&str>],
+        types: &[pq::Oid],
+    ) -> Result<(), RemoteError> {
         self.read_unread()?;
         if !self.pending_begin.is_empty() {
             let begin = std::mem::take(&mut self.pending_begin);
             if params.is_empty() {
                 // One simple query: BEGIN and the statement(s) in one round trip.
-                return self.send_one(&format!("{};\n{sql}", begin.join(";\n")), params);
+                return self.send_one(&format!("{};\n{sql}", begin.join(";\n")), params, types);
             }
             // With parameters: BEGIN and the statement in one pipeline, one round trip.
             self.enter_pipeline()?;
             for statement in &begin {
-                self.send_params(statement, &[])?;
+                self.send_params(statement, &[], &[])?;
             }
-            self.send_params(sql, params)?;
+            self.send_params(sql, params, types)?;
             return self.sync(begin.len() + 1, None);
         }
-        self.send_one(sql, params)
+        self.send_one(sql, params, types)
     }
 
     /// Like [`Connection::send`] for one statement that runs again and again (a routed
     /// statement, a fragment): prepared in the remote session the first time, then only
     /// executed. Up to [`MAX_PREPARED`] statements per connection; others are sent as
     /// they are.
-    pub fn send_prepared(&mut self, sql: &str, params: &[Option<&str>]) -> Result<(), RemoteError> {
+    pub fn send_prepared(
+        &mut self,
+        sql: &str,
+        params: &[Option<&str>],
+        types: &[pg_sys::Oid],
+    ) -> Result<(), RemoteError> {
+        let types = remote_types(params.len(), types);
+        // The same text with other parameter types is another statement.
+        let key = if types.is_empty() {
+            sql.to_owned()
+        } else {
+            format!("{sql}\n{types:?}")
+        };
         let generation = PREPARED_GENERATION.with(|g| g.get());
         let retire = generation != self.generation && !self.prepared.is_empty();
         if generation != self.generation {
             self.prepared.clear();
             self.generation = generation;
         }
-        let known = self.prepared.get(sql).cloned();
+        let known = self.prepared.get(&key).cloned();
         if known.is_none() && self.prepared.len() >= MAX_PREPARED {
-            return self.send(sql, params);
+            return self.send_typed(sql, params, &types);
         }
         self.read_unread()?;
         let begin = std::mem::take(&mut self.pending_begin);
         self.enter_pipeline()?;
         let mut results = 0;
         for statement in &begin {
-            self.send_params(statement, &[])?;
+            self.send_params(statement, &[], &[])?;
             results += 1;
         }
         if retire {
-            self.send_params("DEALLOCATE ALL", &[])?;
+            self.send_params("DEALLOCATE ALL", &[], &[])?;
             results += 1;
         }
         let (name, fresh) = match known {
@@ -455,7 +509,7 @@ impl Connection {
                         c_name.as_ptr(),
                         c_sql.as_ptr(),
                         params.len() as c_int,
-                        ptr::null(),
+                        oids(&types),
                     )
                 };
                 if sent == 0 {
@@ -487,7 +541,7 @@ impl Connection {
             return Err(self.lost());
         }
         results += 1;
-        self.sync(results, Some((sql.to_owned(), name, fresh)))
+        self.sync(results, Some((key, name, fresh)))
     }
 
     /// [`Connection::send_prepared`], then [`Connection::finish`].
@@ -495,8 +549,9 @@ impl Connection {
         &mut self,
         sql: &str,
         params: &[Option<&str>],
+        types: &[pg_sys::Oid],
     ) -> Result<Rows, RemoteError> {
-        self.send_prepared(sql, params)?;
+        self.send_prepared(sql, params, types)?;
         self.finish(None)
     }
 
@@ -523,7 +578,12 @@ impl Connection {
         self.flush()
     }
 
-    fn send_one(&mut self, sql: &str, params: &[Option<&str>]) -> Result<(), RemoteError> {
+    fn send_one(
+        &mut self,
+        sql: &str,
+        params: &[Option<&str>],
+        types: &[pq::Oid],
+    ) -> Result<(), RemoteError> {
         if params.is_empty() {
             let sql = cstring(sql);
             // SAFETY: a live connection; libpq copies the string.
@@ -532,12 +592,17 @@ impl Connection {
             }
             return self.flush();
         }
-        self.send_params(sql, params)?;
+        self.send_params(sql, params, types)?;
         self.flush()
     }
 
     /// Queues one statement with the extended protocol (always so in a pipeline).
-    fn send_params(&mut self, sql: &str, params: &[Option<&str>]) -> Result<(), RemoteError> {
+    fn send_params(
+        &mut self,
+        sql: &str,
+        params: &[Option<&str>],
+        types: &[pq::Oid],
+    ) -> Result<(), RemoteError> {
         let sql = cstring(sql);
         let values: Vec<Option<CString>> = params.iter().map(|p| p.map(cstring)).collect();
         let ptrs: Vec<*const c_char> = values
@@ -550,7 +615,7 @@ impl Connection {
                 self.conn,
                 sql.as_ptr(),
                 ptrs.len() as c_int,
-                ptr::null(),
+                oids(types),
                 ptrs.as_ptr(),
                 ptr::null(),
                 ptr::null(),
@@ -649,10 +714,10 @@ impl Connection {
         self.read_unread()?;
         if !self.pending_begin.is_empty() {
             let begin = std::mem::take(&mut self.pending_begin).join(";\n");
-            self.send_one(&begin, &[])?;
+            self.send_one(&begin, &[], &[])?;
             self.finish(None)?;
         }
-        self.send_one(sql, &[])?;
+        self.send_one(sql, &[], &[])?;
         let Some(result) = self.next_result(None)? else {
             return Err(self.lost());
         };
