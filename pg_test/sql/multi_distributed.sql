@@ -102,6 +102,41 @@ RESET synapse.fragment;
 \c - - - :node1_port
 SELECT id, customer, amount FROM orders WHERE id = 17;
 EXPLAIN (COSTS OFF) SELECT id, customer FROM orders WHERE id = 17;
+-- A key computed from parameters by immutable functions and operators pins one shard too:
+-- a generic plan routes by it at run time (PL/pgSQL passes `WHERE id = ids[i]` so).
+SET plan_cache_mode = force_generic_plan;
+PREPARE by_sum(bigint) AS SELECT id, customer FROM orders WHERE id = $1 + 1;
+EXPLAIN (COSTS OFF) EXECUTE by_sum(16);
+EXECUTE by_sum(16);
+-- Each node gets the parameters' types: `$1 + 1` is bigint there too, not integer.
+EXECUTE by_sum(4999999999);
+PREPARE above(bigint) AS SELECT count(*) FROM orders WHERE id > $1 + 1;
+EXECUTE above(4999999999);
+EXECUTE above(990);
+PREPARE by_subscript(bigint[], int) AS SELECT id, customer FROM orders WHERE id = $1[$2];
+EXECUTE by_subscript(ARRAY[3, 17], 2);
+EXECUTE by_subscript(ARRAY[3, 17], 5);
+PREPARE by_division(bigint) AS SELECT id FROM orders WHERE id = 17 / $1;
+EXECUTE by_division(0);
+-- Not immutable: every node computes and reads for itself.
+PREPARE by_random(bigint) AS SELECT id FROM orders WHERE id = $1 + (random() * 0)::int;
+EXPLAIN (COSTS OFF) EXECUTE by_random(17);
+EXECUTE by_random(17);
+RESET plan_cache_mode;
+DEALLOCATE ALL;
+-- PL/pgSQL: its statements' parameters are numbered by variable, so a statement may use
+-- $2 and $4 and not $1 or $3; each node gets the ones it uses.
+DO $$
+DECLARE ids bigint[] := ARRAY[17, 3, 4000]; found_customer text; one_id bigint;
+BEGIN
+  FOR i IN 1..3 LOOP
+    SELECT customer INTO found_customer FROM orders WHERE id = ids[i];
+    RAISE NOTICE 'order % of customer %', ids[i], found_customer;
+    one_id := ids[i];
+    SELECT customer INTO found_customer FROM orders WHERE id = one_id;
+    RAISE NOTICE 'again: order % of customer %', one_id, found_customer;
+  END LOOP;
+END $$;
 INSERT INTO orders (id, customer, amount) VALUES (5000, 'x', 1) RETURNING id, customer, note, total;
 UPDATE orders SET amount = amount + 1 WHERE id = 5000 RETURNING id, amount, total;
 DELETE FROM orders WHERE id = 5000;

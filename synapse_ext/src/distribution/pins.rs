@@ -1,5 +1,8 @@
-//! Shard keys pinned by a statement: clauses `key = value` whose value is a constant or
-//! a parameter, and the shard such a value belongs to.
+//! Shard keys pinned by a statement: clauses `key = value` whose value is a constant, a
+//! parameter, or an expression of parameters through immutable functions (`$1 + 1`,
+//! `$1[$2]`: PL/pgSQL passes `arr[i]` so), and the shard such a value belongs to.
+
+use std::ffi::c_void;
 
 use pgrx::pg_sys;
 use pgrx::PgList;
@@ -36,12 +39,14 @@ pub unsafe fn is_column(node: *mut pg_sys::Node, varno: u32, attno: i16) -> bool
     }
 }
 
-/// Whether `node` is a constant or an external parameter.
+/// Whether `node` is a value known before the statement reads any row: a constant, an
+/// external parameter, or an expression of those through immutable functions and
+/// operators only — every node computes it alike, so it names one shard.
 ///
 /// # Safety
 /// `node` must be a valid expression node.
 pub unsafe fn is_value(node: *mut pg_sys::Node) -> bool {
-    // SAFETY: reading a valid node.
+    // SAFETY: reading a valid node; catalog lookups for the functions' volatility.
     unsafe {
         let node = strip_relabel(node);
         match (*node).type_ {
@@ -49,7 +54,37 @@ pub unsafe fn is_value(node: *mut pg_sys::Node) -> bool {
             pg_sys::NodeTag::T_Param => {
                 (*(node as *mut pg_sys::Param)).paramkind == pg_sys::ParamKind::PARAM_EXTERN
             }
-            _ => false,
+            _ => {
+                !pg_sys::contain_mutable_functions(node)
+                    && !pg_sys::expression_returns_set(node)
+                    && !not_a_value(node, std::ptr::null_mut())
+            }
+        }
+    }
+}
+
+/// Finds what a value cannot hold: a column, a parameter other than an external one, a
+/// sub-query, an aggregate or window function.
+unsafe extern "C-unwind" fn not_a_value(node: *mut pg_sys::Node, context: *mut c_void) -> bool {
+    if node.is_null() {
+        return false;
+    }
+    // SAFETY: a valid node of the expression being walked.
+    unsafe {
+        match (*node).type_ {
+            pg_sys::NodeTag::T_Param => {
+                (*(node as *mut pg_sys::Param)).paramkind != pg_sys::ParamKind::PARAM_EXTERN
+            }
+            pg_sys::NodeTag::T_Var
+            | pg_sys::NodeTag::T_SubLink
+            | pg_sys::NodeTag::T_SubPlan
+            | pg_sys::NodeTag::T_Aggref
+            | pg_sys::NodeTag::T_WindowFunc
+            | pg_sys::NodeTag::T_GroupingFunc
+            | pg_sys::NodeTag::T_CurrentOfExpr
+            | pg_sys::NodeTag::T_NextValueExpr
+            | pg_sys::NodeTag::T_PlaceHolderVar => true,
+            _ => crate::planner::router::expression_tree_walker(node, not_a_value, context),
         }
     }
 }
@@ -136,8 +171,52 @@ unsafe fn collect_and(node: *mut pg_sys::Node, out: &mut Vec<*mut pg_sys::Node>)
     }
 }
 
+/// Computes the expression `node` (an [`is_value`] one) with the parameters `params` and
+/// returns `with(value)`; `None` while the parameters are not known (a generic plan). An
+/// error computing it (`1 / $1` with 0) is raised, as PostgreSQL raises it when it folds the
+/// expression for a custom plan or prunes partitions with it.
+///
+/// # Safety
+/// As [`value_of`].
+unsafe fn evaluated<T>(
+    node: *mut pg_sys::Node,
+    params: pg_sys::ParamListInfo,
+    with: impl FnOnce((pg_sys::Datum, bool)) -> T,
+) -> Option<T> {
+    // SAFETY: a standalone expression context in the current memory context, freed after
+    // the value (which may live in it) was used.
+    unsafe {
+        let no_params = params.is_null() || (*params).numParams == 0;
+        if no_params && any_param(node, std::ptr::null_mut()) {
+            return None;
+        }
+        let econtext = pg_sys::CreateStandaloneExprContext();
+        (*econtext).ecxt_param_list_info = params;
+        let old = pg_sys::MemoryContextSwitchTo((*econtext).ecxt_per_query_memory);
+        let state = pg_sys::ExecInitExpr(strip_relabel(node).cast(), std::ptr::null_mut());
+        pg_sys::MemoryContextSwitchTo((*econtext).ecxt_per_tuple_memory);
+        let mut isnull = false;
+        let evalfunc = (*state).evalfunc.expect("an initialized expression");
+        let datum = evalfunc(state, econtext, &mut isnull);
+        pg_sys::MemoryContextSwitchTo(old);
+        let result = with((datum, isnull));
+        pg_sys::FreeExprContext(econtext, true);
+        Some(result)
+    }
+}
+
+/// Finds a parameter.
+unsafe extern "C-unwind" fn any_param(node: *mut pg_sys::Node, context: *mut c_void) -> bool {
+    // SAFETY: a valid node of the expression being walked.
+    unsafe {
+        !node.is_null()
+            && ((*node).type_ == pg_sys::NodeTag::T_Param
+                || crate::planner::router::expression_tree_walker(node, any_param, context))
+    }
+}
+
 /// The value of a constant, or of an external parameter of `params`; `None` when it is
-/// not known yet (a parameter of a generic plan).
+/// not known yet (a parameter of a generic plan) or is an expression.
 ///
 /// # Safety
 /// `node` must be a valid expression node, `params` NULL or a valid parameter list.
@@ -178,9 +257,14 @@ pub unsafe fn shard_of_value(
 ) -> Option<u32> {
     // SAFETY: forwarded from the caller.
     unsafe {
-        let (datum, isnull) = value_of(node, params)?;
         let kt = KeyType::of(pg_sys::exprType(strip_relabel(node)))?;
-        let hash = shard_key::hash_datum(kt, (!isnull).then_some(datum));
-        Some((hash % u64::from(shard_count)) as u32)
+        let shard = |(datum, isnull): (pg_sys::Datum, bool)| {
+            let hash = shard_key::hash_datum(kt, (!isnull).then_some(datum));
+            (hash % u64::from(shard_count)) as u32
+        };
+        match value_of(node, params) {
+            Some(value) => Some(shard(value)),
+            None => evaluated(node, params, shard),
+        }
     }
 }
