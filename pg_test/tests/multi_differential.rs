@@ -666,6 +666,14 @@ const WRITES: &[&str] = &[
     "EXECUTE mw(4019, 4020, 4021)",
     "PREPARE mu(int) AS UPDATE orders SET amount = amount + $1 WHERE status = 'new'",
     "EXECUTE mu(1)", "EXECUTE mu(2)", "EXECUTE mu(3)", "EXECUTE mu(4)", "EXECUTE mu(5)", "EXECUTE mu(6)",
+    // The client's parameters in ON CONFLICT and RETURNING of rows sent to several nodes
+    // (the rows' values are parameters of their own there).
+    "PREPARE mc(int, int, int) AS INSERT INTO counts VALUES ($1, 0), ($2, 0), ($1 + 2000, 0) ON CONFLICT (k) DO UPDATE SET c = counts.c + $3 RETURNING k, c, $3",
+    "EXECUTE mc(1, 2, 10)", "EXECUTE mc(3, 50, 20)", "EXECUTE mc(60, 70, 30)", "EXECUTE mc(80, 4001, 40)",
+    "EXECUTE mc(4002, 4003, 50)", "EXECUTE mc(1, 60, 70)", "EXECUTE mc(2, 70, 80)", "EXECUTE mc(3, 80, 90)",
+    "PREPARE ms(int, int) AS INSERT INTO counts SELECT k + 5000, c FROM counts WHERE k < $1 ON CONFLICT (k) DO UPDATE SET c = counts.c + $2 RETURNING k, c",
+    "EXECUTE ms(20, 1)", "EXECUTE ms(20, 2)", "EXECUTE ms(25, 3)", "EXECUTE ms(25, 4)", "EXECUTE ms(30, 5)",
+    "EXECUTE ms(30, 6)", "EXECUTE ms(35, 7)",
 ];
 
 /// The writes the cluster may refuse (SQLSTATE 0A000): changing the shard key.

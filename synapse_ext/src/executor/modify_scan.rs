@@ -341,7 +341,8 @@ unsafe fn insert_rows(node: *mut ModifyNode, run: &mut Runtime, params: &Params)
             None
         };
         let placements = metadata::placements(run.shard_count);
-        let batch_rows = BATCH_ROWS.min(65535 / width.max(1));
+        // A statement takes at most 65535 parameters: the client's, then the rows'.
+        let batch_rows = BATCH_ROWS.min((65535 - params.types.len()) / width.max(1));
         let batch_cxt = pg_sys::AllocSetContextCreateInternal(
             (*estate).es_query_cxt,
             c"synapse insert batch".as_ptr(),
@@ -402,11 +403,11 @@ unsafe fn insert_rows(node: *mut ModifyNode, run: &mut Runtime, params: &Params)
             // One node's batch is full: every node's goes (this node's datums live in
             // the batch context, reset after).
             if full {
-                send_batches(node, run, &mut batches, &types, &mut sql_by_rows);
+                send_batches(node, run, params, &mut batches, &types, &mut sql_by_rows);
                 pg_sys::MemoryContextReset(batch_cxt);
             }
         }
-        send_batches(node, run, &mut batches, &types, &mut sql_by_rows);
+        send_batches(node, run, params, &mut batches, &types, &mut sql_by_rows);
         pg_sys::MemoryContextSwitchTo(old);
         pg_sys::ExecDropSingleTupleTableSlot(slot);
         pg_sys::tuplestore_end(store);
@@ -415,10 +416,11 @@ unsafe fn insert_rows(node: *mut ModifyNode, run: &mut Runtime, params: &Params)
     }
 }
 
-/// Sends every node its batch, as one INSERT each.
+/// Sends every node its batch, as one INSERT each, with the client's parameters first.
 unsafe fn send_batches(
     node: *mut ModifyNode,
     run: &mut Runtime,
+    params: &Params,
     batches: &mut BTreeMap<i64, Batch>,
     types: &[(pg_sys::Oid, i32, pg_sys::Oid)],
     sql_by_rows: &mut HashMap<usize, String>,
@@ -442,7 +444,7 @@ unsafe fn send_batches(
         let mut sql_of = |rows: usize| -> String {
             sql_by_rows
                 .entry(rows)
-                .or_insert_with(|| modify::insert_sql(template, types, rows))
+                .or_insert_with(|| modify::insert_sql(template, types, rows, params.types.len()))
                 .clone()
         };
         // Every other node's batch at once, then this node's, then their answers.
@@ -450,10 +452,12 @@ unsafe fn send_batches(
         for id in &remote {
             let batch = batches.remove(id).expect("a ready batch");
             let sql = sql_of(batch.rows);
-            let texts: Vec<Option<&str>> = batch.texts.iter().map(|t| t.as_deref()).collect();
+            let mut texts = params.text_refs();
+            texts.extend(batch.texts.iter().map(|t| t.as_deref()));
             pool::with_access(run.target(*id), pool::Access::Write, |c| {
-                // Each value goes into its column, whose type the node knows.
-                c.send_prepared(&sql, &texts, &[])
+                // The client's parameters typed; each value of a row goes into its
+                // column, whose type the node knows.
+                c.send_prepared(&sql, &texts, &params.types)
             });
             sent.push(*id);
         }
@@ -463,10 +467,17 @@ unsafe fn send_batches(
             .and_then(|id| batches.remove(id))
         {
             let sql = sql_of(batch.rows);
-            let param_types: Vec<pg_sys::Oid> = (0..batch.rows)
-                .flat_map(|_| types.iter().map(|t| t.0))
+            let param_types: Vec<pg_sys::Oid> = params
+                .types
+                .iter()
+                .copied()
+                .chain((0..batch.rows).flat_map(|_| types.iter().map(|t| t.0)))
                 .collect();
-            run_here(node, run, &sql, &param_types, batch.values, &batch.nulls);
+            let mut values = params.values.clone();
+            values.extend(batch.values);
+            let mut nulls = params.nulls.clone();
+            nulls.extend(batch.nulls);
+            run_here(node, run, &sql, &param_types, values, &nulls);
         }
         for id in sent {
             let rows = pool::with_access(run.target(id), pool::Access::Write, |c| c.finish(None));

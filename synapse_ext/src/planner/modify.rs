@@ -371,8 +371,10 @@ unsafe extern "C-unwind" fn check_walker(node: *mut pg_sys::Node, context: *mut 
 }
 
 /// The INSERT of `rows` rows of parameters into the table of `template` (the client's
-/// INSERT): its source replaced by `VALUES ($1, …), …` of the types of its target list,
-/// its ON CONFLICT and RETURNING kept. Each node's part of an INSERT.
+/// INSERT): its source replaced by `VALUES ($n, …), …` of the types of its target list,
+/// its ON CONFLICT and RETURNING kept. Each node's part of an INSERT. The client's own
+/// parameters, which ON CONFLICT and RETURNING may use, keep their numbers `$1..$first`;
+/// the rows' values are the parameters after them.
 ///
 /// # Safety
 /// `template` must be the INSERT Query kept in the plan; `types` the (type, typmod,
@@ -381,6 +383,7 @@ pub unsafe fn insert_sql(
     template: *mut pg_sys::Query,
     types: &[(pg_sys::Oid, i32, pg_sys::Oid)],
     rows: usize,
+    first: usize,
 ) -> String {
     // SAFETY: as documented; nodes in the current memory context.
     unsafe {
@@ -393,7 +396,7 @@ pub unsafe fn insert_sql(
                 let p = pg_sys::palloc0(std::mem::size_of::<pg_sys::Param>()) as *mut pg_sys::Param;
                 (*p).xpr.type_ = pg_sys::NodeTag::T_Param;
                 (*p).paramkind = pg_sys::ParamKind::PARAM_EXTERN;
-                (*p).paramid = (r * width + j + 1) as i32;
+                (*p).paramid = (first + r * width + j + 1) as i32;
                 (*p).paramtype = *typ;
                 (*p).paramtypmod = -1;
                 (*p).paramcollid = *coll;
