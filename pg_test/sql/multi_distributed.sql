@@ -244,6 +244,15 @@ SELECT synapse.create_distributed_table('counters', 'id');
 CREATE TABLE serials (id serial, v int);
 SELECT synapse.create_distributed_table('serials', 'id');
 SELECT synapse.create_distributed_table('synapse.node_catalog', 'id');
+-- A type the other nodes do not have: the table stays here, with a hint.
+CREATE TYPE only_here AS ENUM ('a', 'b');
+CREATE TABLE typed (id int PRIMARY KEY, t only_here);
+INSERT INTO typed VALUES (1, 'a'), (2, 'b');
+SELECT synapse.create_distributed_table('typed', 'id');
+SELECT synapse.create_reference_table('typed');
+SELECT relkind, (SELECT count(*) FROM typed) AS typed_rows FROM pg_class WHERE relname = 'typed';
+DROP TABLE typed;
+DROP TYPE only_here;
 SELECT relkind, (SELECT count(*) FROM items) AS item_rows FROM pg_class WHERE relname = 'items';
 SELECT count(*) AS catalog_entries FROM synapse.distributed_tables;
 \c - - - :node2_port

@@ -23,7 +23,7 @@ use super::guard::bypassed;
 use super::metadata;
 use super::shard_key::KeyType;
 use crate::gucs;
-use crate::remote::connection::{copy_text, NodeTarget};
+use crate::remote::connection::{copy_text, NodeTarget, RemoteError};
 use crate::remote::pool;
 
 /// Rows fetched per batch when moving data.
@@ -104,6 +104,22 @@ fn run(sql: &str) {
         .unwrap_or_else(|e| error(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string(), ""));
 }
 
+/// A node lacks an object the table's definition uses (a type, a function of a default or
+/// check, a collation): says what to do about it.
+fn missing_object(e: RemoteError) -> RemoteError {
+    if matches!(e.sqlstate.as_str(), "42704" | "42883") {
+        let hint = format!(
+            "synapse copies the table's definition to every node, not the types, functions or \
+             other objects it uses: create them on node \"{}\" (and every other node) with the \
+             same definition, then run this again. Nothing was changed.",
+            e.node
+        );
+        e.or_hint(hint)
+    } else {
+        e
+    }
+}
+
 /// `synapse.create_distributed_table()`.
 pub fn distribute(table: pg_sys::Oid, key: &str, shard_count: u32) {
     check_owner(table);
@@ -164,7 +180,7 @@ pub fn distribute(table: pg_sys::Oid, key: &str, shard_count: u32) {
                 .map(|s| partition_ddl(&def, &table_sql, shard_count, s)),
         );
         let sql = sql.join(";\n");
-        pool::in_transaction(node, true, |c| c.exec(&sql, &[]));
+        pool::in_transaction(node, true, |c| c.exec(&sql, &[]).map_err(missing_object));
     }
 
     // Here: a new partitioned table beside the old one, with the local rows.
@@ -300,7 +316,7 @@ pub fn make_reference(table: pg_sys::Oid) {
         def.column_list()
     );
     for node in &remotes {
-        pool::in_transaction(node, true, |c| c.exec(&create, &[]));
+        pool::in_transaction(node, true, |c| c.exec(&create, &[]).map_err(missing_object));
     }
     let stored: Vec<String> = def
         .stored_columns()

@@ -71,6 +71,12 @@ impl RemoteError {
         e
     }
 
+    /// The error with `hint`, unless the node gave one.
+    pub fn or_hint(mut self, hint: impl Into<String>) -> RemoteError {
+        self.0.hint.get_or_insert_with(|| hint.into());
+        self
+    }
+
     fn lost(node: &str, message: String) -> RemoteError {
         RemoteError(Box::new(Failure {
             node: node.to_owned(),
