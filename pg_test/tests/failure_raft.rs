@@ -352,3 +352,60 @@ fn a_session_outlives_a_restart_of_its_raft_worker() {
     let after = term(&mut session).unwrap_or_else(|e| panic!("after the restart: {e}"));
     assert!(after >= before, "term {before} then {after}");
 }
+
+/// A session's own `synapse.raft_timeout` is how long its request waits, in the raft
+/// worker too: with the server's setting at 3 s, a write from a session that allows 30 s
+/// waits out a quorum that is gone for longer, and one from a session that keeps the
+/// server's setting fails after about 3 s.
+#[test]
+fn a_sessions_raft_timeout_holds_in_the_worker() {
+    let cluster = Cluster::up_with(
+        "raft_session_timeout",
+        3,
+        8400,
+        &["--conf", "synapse.raft_timeout = 3000"],
+    );
+    let mut log = LeaderLog::default();
+    let leader = agreed_leader(&cluster, &mut log, &[1, 2, 3], Duration::from_secs(30));
+    let mut patient = cluster.connect(leader);
+    patient
+        .batch_execute("SET synapse.raft_timeout = '30s'")
+        .unwrap();
+    let mut hasty = cluster.connect(leader);
+    let followers: Vec<i32> = (1..=3)
+        .filter(|&n| n != leader)
+        .map(|n| cluster.worker_pid(n, "synapse raft").unwrap())
+        .collect();
+
+    // No quorum for 6 s: both followers' Raft frozen, thawed by a thread.
+    let frozen: Vec<Frozen> = followers.iter().map(|&pid| Frozen::new(pid)).collect();
+    let thaw = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(6));
+        drop(frozen);
+    });
+    let started = Instant::now();
+    let err = hasty
+        .execute(
+            "SELECT synapse.set_cluster_setting('test.value', 'hasty')",
+            &[],
+        )
+        .unwrap_err();
+    let hasty_took = started.elapsed();
+    assert!(
+        hasty_took < Duration::from_secs(6),
+        "the server's 3 s applied, took {hasty_took:?}: {err}"
+    );
+    patient
+        .execute(
+            "SELECT synapse.set_cluster_setting('test.value', 'patient')",
+            &[],
+        )
+        .unwrap_or_else(|e| panic!("the session's 30 s did not hold: {e}"));
+    assert!(started.elapsed() >= Duration::from_secs(5));
+    thaw.join().unwrap();
+    let value: Option<String> = patient
+        .query_one("SELECT synapse.cluster_setting('test.value')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(value.as_deref(), Some("patient"));
+}

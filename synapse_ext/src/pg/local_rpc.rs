@@ -18,7 +18,7 @@ use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use synapse_core::raft::messages::{ErrorKind, LocalReply, LocalRequest, NodeError};
+use synapse_core::raft::messages::{ErrorKind, LocalCall, LocalReply, LocalRequest, NodeError};
 
 thread_local! {
     /// The connection to each worker, between requests.
@@ -55,7 +55,7 @@ fn socket_path(worker: &str) -> PathBuf {
 
 /// Asks the raft worker; waits up to `timeout` for the answer; failures become ERRORs.
 pub fn call(request: &LocalRequest, timeout: Duration) -> LocalReply {
-    match exchange::<_, LocalReply>("raft", request, timeout) {
+    match exchange::<_, LocalReply>("raft", &raft_call(request, timeout), timeout) {
         LocalReply::Failed(e) => report(e),
         reply => reply,
     }
@@ -64,9 +64,17 @@ pub fn call(request: &LocalRequest, timeout: Duration) -> LocalReply {
 /// Like [`call`], but a failure (the raft worker's, or no answer in time) is returned,
 /// not raised. An interrupt still raises unless interrupts are held off.
 pub fn try_call(request: &LocalRequest, timeout: Duration) -> Result<LocalReply, NodeError> {
-    match try_exchange::<_, LocalReply>("raft", request, timeout)? {
+    match try_exchange::<_, LocalReply>("raft", &raft_call(request, timeout), timeout)? {
         LocalReply::Failed(e) => Err(e),
         reply => Ok(reply),
+    }
+}
+
+/// `request` for the raft worker, which then waits as long as this backend does.
+fn raft_call(request: &LocalRequest, timeout: Duration) -> LocalCall {
+    LocalCall {
+        request: request.clone(),
+        timeout_ms: Some(timeout.as_millis() as u64),
     }
 }
 

@@ -6,6 +6,15 @@ use serde::{Deserialize, Serialize};
 use super::types::{Command, CommandResult, NodeAddr, NodeId};
 use crate::txn::Decision;
 
+/// A backend's request with how long the backend waits for it (its own
+/// `synapse.raft_timeout`, which a session may set): the worker gives up no sooner.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LocalCall {
+    pub request: LocalRequest,
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
 /// What a backend of this node asks its raft worker.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum LocalRequest {

@@ -325,10 +325,20 @@ impl<S: CatalogSink, P: NodeProbe> RaftNode<S, P> {
         self.shared.running.get().map(|r| r.sm.read(f))
     }
 
-    /// Answers a request from one of this node's backends.
+    /// Answers a request from one of this node's backends within this node's
+    /// `synapse.raft_timeout`.
     pub async fn handle_local(&self, request: LocalRequest) -> LocalReply {
+        self.handle_local_within(request, self.shared.settings.raft_timeout)
+            .await
+    }
+
+    /// Answers a request from one of this node's backends, giving up after `timeout`.
+    pub async fn handle_local_within(
+        &self,
+        request: LocalRequest,
+        timeout: Duration,
+    ) -> LocalReply {
         let _running = self.shared.local.read().await;
-        let timeout = self.shared.settings.raft_timeout;
         let work = async {
             match request {
                 LocalRequest::InitCluster { name } => {

@@ -16,12 +16,13 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, UnixListener};
 use tonic::{Request, Response, Status};
 
-use super::messages::{ErrorKind, LocalReply, LocalRequest, NodeError, PeerRequest};
+use super::messages::{ErrorKind, LocalCall, LocalReply, NodeError, PeerRequest};
 use super::node::{NodeProbe, RaftNode};
 use super::state_machine::CatalogSink;
 use crate::rpc::pb::cluster_server::{Cluster, ClusterServer};
@@ -165,14 +166,18 @@ pub async fn serve_local<S: CatalogSink, P: NodeProbe>(
     node: RaftNode<S, P>,
     listener: UnixListener,
 ) {
-    serve_json_lines(
-        listener,
-        LocalReply::Failed,
-        move |request: LocalRequest| {
-            let node = node.clone();
-            async move { node.handle_local(request).await }
-        },
-    )
+    serve_json_lines(listener, LocalReply::Failed, move |call: LocalCall| {
+        let node = node.clone();
+        async move {
+            match call.timeout_ms {
+                Some(ms) => {
+                    node.handle_local_within(call.request, Duration::from_millis(ms.max(1)))
+                        .await
+                }
+                None => node.handle_local(call.request).await,
+            }
+        }
+    })
     .await
 }
 
