@@ -187,7 +187,7 @@ unsafe fn evaluated<T>(
     // the value (which may live in it) was used.
     unsafe {
         let no_params = params.is_null() || (*params).numParams == 0;
-        if no_params && any_param(node, std::ptr::null_mut()) {
+        if no_params && crate::planner::router::max_param_of(node) > 0 {
             return None;
         }
         let econtext = pg_sys::CreateStandaloneExprContext();
@@ -202,16 +202,6 @@ unsafe fn evaluated<T>(
         let result = with((datum, isnull));
         pg_sys::FreeExprContext(econtext, true);
         Some(result)
-    }
-}
-
-/// Finds a parameter.
-unsafe extern "C-unwind" fn any_param(node: *mut pg_sys::Node, context: *mut c_void) -> bool {
-    // SAFETY: a valid node of the expression being walked.
-    unsafe {
-        !node.is_null()
-            && ((*node).type_ == pg_sys::NodeTag::T_Param
-                || crate::planner::router::expression_tree_walker(node, any_param, context))
     }
 }
 

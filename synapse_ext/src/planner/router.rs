@@ -663,6 +663,17 @@ pub unsafe fn max_param(query: *mut pg_sys::Query) -> i32 {
     max
 }
 
+/// The highest external parameter number in the expression `node` (0: none).
+///
+/// # Safety
+/// `node` must be a valid expression node.
+pub unsafe fn max_param_of(node: *mut pg_sys::Node) -> i32 {
+    let mut max = 0i32;
+    // SAFETY: as documented.
+    unsafe { max_param_walker(node, (&mut max as *mut i32).cast()) };
+    max
+}
+
 unsafe extern "C-unwind" fn max_param_walker(
     node: *mut pg_sys::Node,
     context: *mut c_void,
